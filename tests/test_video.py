@@ -1,0 +1,160 @@
+"""read_frames on the real MSVD clips and on every kind of unreadable input."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import cv2
+import decord
+import numpy as np
+import pytest
+
+from conftest import ALL_CLIPS, SMALL_CLIPS, write_index_video
+from pipeline.video import BACKENDS, DEFAULT_BACKEND, VideoError, read_clip, read_frames, sample_indices
+
+
+def _digest(frame: np.ndarray) -> str:
+    return hashlib.md5(np.ascontiguousarray(frame).tobytes()).hexdigest()
+
+
+def full_decode_digests(path: Path, backend: str) -> list[str]:
+    """The reference: every frame of a plain in-order decode, as RGB digests."""
+    digests = []
+    if backend == "opencv":
+        cap = cv2.VideoCapture(str(path))
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            digests.append(_digest(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        cap.release()
+    else:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        while True:
+            try:
+                digests.append(_digest(reader.next().asnumpy()))
+            except (StopIteration, decord._ffi.base.DECORDError):
+                break
+    return digests
+
+
+@pytest.fixture(scope="module")
+def reference_digests():
+    return {(clip.name, b): full_decode_digests(clip, b) for clip in ALL_CLIPS for b in BACKENDS}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("clip", ALL_CLIPS, ids=lambda p: p.name)
+def test_sampled_frames_are_exactly_those_of_a_full_decode(clip, backend, reference_digests):
+    reference = reference_digests[(clip.name, backend)]
+    frames, indices = read_frames(clip, 80, backend=backend)
+    assert frames.dtype == np.uint8 and frames.shape[0] == 80 and frames.shape[3] == 3
+    assert indices.tolist() == sample_indices(len(reference), 80).tolist()
+    for k, i in enumerate(indices):
+        assert _digest(frames[k]) == reference[i], f"frame {k} is not frame {i} of the full decode"
+
+
+@pytest.mark.parametrize("clip", ALL_CLIPS, ids=lambda p: p.name)
+def test_backends_agree_on_every_frame(clip, reference_digests):
+    assert reference_digests[(clip.name, "opencv")] == reference_digests[(clip.name, "decord")]
+
+
+def test_auto_is_the_default_backend_and_recorded():
+    clip = read_clip(SMALL_CLIPS[0], 8)
+    assert clip.backend == DEFAULT_BACKEND
+    assert clip.n_frames == 210 and clip.fps == pytest.approx(29.92, abs=0.01)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_frames,n", [(37, 80), (37, 10), (1, 4), (120, 120)])
+def test_lossless_clip_gives_the_frames_it_was_written_with(tmp_path, backend, n_frames, n):
+    path = write_index_video(tmp_path / "index.avi", n_frames)
+    frames, indices = read_frames(path, n, backend=backend)
+    assert indices.tolist() == sample_indices(n_frames, n).tolist()
+    for k, i in enumerate(indices):
+        assert abs(float(frames[k].mean()) - (5 * i) % 256) < 1.0, f"frame {k} should be frame {i}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clip_whose_last_frames_cannot_be_read(tmp_path, backend):
+    # The header promises 210 frames; the file is cut after about a third of them.
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(SMALL_CLIPS[0].read_bytes()[:100_000])
+    # OpenCV's full decode is the reference for both: decord's threaded decoder
+    # drops a varying number of the frames it had in flight when the data ends.
+    reference = full_decode_digests(cut, "opencv")
+    assert 0 < len(reference) < 210
+    clip = read_clip(cut, 80, backend)
+    assert clip.n_frames <= len(reference) if backend == "decord" else clip.n_frames == len(reference)
+    assert clip.indices.tolist() == sample_indices(clip.n_frames, 80).tolist()
+    assert [_digest(f) for f in clip.frames] == [reference[i] for i in clip.indices]
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _random(path):
+    path.write_bytes(np.random.default_rng(0).bytes(50_000))
+
+
+def _header_only(path):
+    path.write_bytes(SMALL_CLIPS[0].read_bytes()[:3000])
+
+
+def _text(path):
+    path.write_text("this is not a video\n")
+
+
+def _no_decodable_frames(path):
+    # A real AVI container whose every frame's data is replaced by zeros.
+    data = bytearray(SMALL_CLIPS[0].read_bytes())
+    start = data.find(b"movi") + 4
+    end = data.find(b"idx1")
+    data[start:end] = bytes(end - start)
+    path.write_bytes(bytes(data))
+
+
+BAD_INPUTS = [_empty, _random, _header_only, _text, _no_decodable_frames]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("make_bad", BAD_INPUTS, ids=lambda f: f.__name__.strip("_"))
+def test_unreadable_input_raises_video_error_naming_the_file(tmp_path, backend, make_bad):
+    path = tmp_path / "bad clip.avi"
+    make_bad(path)
+    with pytest.raises(VideoError) as info:
+        read_frames(path, 8, backend=backend)
+    assert str(path) in str(info.value) and info.value.cause
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_missing_file_raises_video_error(tmp_path, backend):
+    with pytest.raises(VideoError, match="no such file"):
+        read_frames(tmp_path / "nope.avi", 8, backend=backend)
+
+
+def test_unknown_backend_is_a_value_error():
+    with pytest.raises(ValueError, match="opencv"):
+        read_frames(SMALL_CLIPS[0], 8, backend="ffmpeg-magic")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_memory_holds_only_the_sampled_frames(tmp_path, backend):
+    frame_bytes = 320 * 240 * 3
+    path = write_index_video(tmp_path / "long.avi", 600, size=(320, 240))
+    tracemalloc.start()
+    read_frames(path, 8, backend=backend)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 40 * frame_bytes, f"peak {peak / frame_bytes:.0f} frames for 8 sampled of 600"
+
+
+def test_other_containers_are_read(tmp_path):
+    for suffix in (".mkv", ".mov"):
+        path = write_index_video(tmp_path / f"clip{suffix}", 20)
+        frames, indices = read_frames(path, 5)
+        assert frames.shape == (5, 48, 64, 3)
