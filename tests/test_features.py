@@ -1,0 +1,168 @@
+"""Extraction end to end: incremental runs, failures, killed runs, CLI and make."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SMALL_CLIPS, copy_clips, run_script
+from pipeline.config import ExtractConfig
+from pipeline.features import extract, main
+from pipeline.store import FeatureStore
+
+
+def _config(raw: Path, store: Path, **kw) -> ExtractConfig:
+    return ExtractConfig(**{"raw": str(raw), "features": str(store), "backbone": "efficientnet_lite0",
+                            "weights": "random", "frames": 8, **kw})
+
+
+def test_incremental_runs(tmp_path):
+    raw = copy_clips(SMALL_CLIPS[:2], tmp_path / "raw")
+    store_path = tmp_path / "features" / "lite.h5"
+    first = extract(_config(raw, store_path))
+    assert sorted(first.done) == sorted(p.name for p in SMALL_CLIPS[:2]) and not first.failed
+    before = FeatureStore(store_path).read(SMALL_CLIPS[0].name)
+
+    second = extract(_config(raw, store_path))
+    assert second.done == [] and len(second.skipped) == 2
+
+    shutil.copy2(SMALL_CLIPS[2], raw / SMALL_CLIPS[2].name)  # a new clip dropped in
+    third = extract(_config(raw, store_path))
+    assert third.done == [SMALL_CLIPS[2].name] and len(third.skipped) == 2
+
+    changed = raw / SMALL_CLIPS[1].name  # a clip replaced by another file of the same name
+    shutil.copyfile(SMALL_CLIPS[3], changed)
+    fourth = extract(_config(raw, store_path))
+    assert fourth.done == [changed.name]
+
+    store = FeatureStore(store_path)
+    assert store.ids() == sorted(p.name for p in SMALL_CLIPS[:3])
+    assert store.read(SMALL_CLIPS[0].name).shape == (8, 1280)
+    np.testing.assert_array_equal(store.read(SMALL_CLIPS[0].name), before)
+    assert int(store.sources()[changed.name]["n_frames"]) == 91  # now the 91-frame clip's content
+    assert store.validate() == []
+
+
+def test_failed_clips_are_reported_and_retried(tmp_path, capsys):
+    raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
+    (raw / "broken.avi").write_bytes(b"\x00" * 1000)
+    (raw / "empty.avi").write_bytes(b"")
+    store_path = tmp_path / "f.h5"
+    args = ["--raw", str(raw), "--features", str(store_path), "--backbone", "efficientnet_lite0",
+            "--weights", "random", "--frames", "8"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "failed 2" in out and "broken.avi" in out and "empty.avi" in out
+    failures = json.loads((tmp_path / "f.failures.json").read_text())
+    assert {Path(f["file"]).name for f in failures} == {"broken.avi", "empty.avi"}
+    assert all(f["reason"] for f in failures)
+    assert FeatureStore(store_path).ids() == [SMALL_CLIPS[0].name]
+
+    shutil.copy2(SMALL_CLIPS[1], raw / "broken.avi")  # the user fixes one clip
+    (raw / "empty.avi").unlink()
+    assert main(args) == 0
+    assert "done 1, skipped 1" in capsys.readouterr().out
+    assert json.loads((tmp_path / "f.failures.json").read_text()) == []
+    config = json.loads((tmp_path / "f.config.json").read_text())
+    assert config["config"]["backbone"] == "efficientnet_lite0" and config["summary"]["done"] == ["broken.avi"]
+
+
+def test_store_of_another_setting_is_refused(tmp_path, capsys):
+    raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
+    store_path = tmp_path / "f.h5"
+    extract(_config(raw, store_path))
+    args = ["--raw", str(raw), "--features", str(store_path), "--backbone", "efficientnet_lite0",
+            "--weights", "random", "--frames", "16"]
+    assert main(args) == 2
+    assert "frames: store has 8, asked for 16" in capsys.readouterr().err
+
+
+def test_vgg16_gives_80_by_4096(tmp_path):
+    raw = copy_clips(SMALL_CLIPS[3:4], tmp_path / "raw")  # the 91-frame clip
+    summary = extract(_config(raw, tmp_path / "vgg.h5", backbone="vgg16", frames=80))
+    assert summary.done == [SMALL_CLIPS[3].name]
+    x = FeatureStore(tmp_path / "vgg.h5").read(SMALL_CLIPS[3].name)
+    assert x.shape == (80, 4096) and x.dtype == np.float32 and np.isfinite(x).all()
+    assert (x >= 0).all(), "fc7 is taken after its ReLU"
+
+
+def test_efficientnet_lite0_gives_80_by_1280(tmp_path):
+    raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
+    extract(_config(raw, tmp_path / "lite.h5", weights="imagenet", frames=80))
+    x = FeatureStore(tmp_path / "lite.h5").read(SMALL_CLIPS[0].name)
+    assert x.shape == (80, 1280) and x.dtype == np.float32 and np.isfinite(x).all()
+
+
+def _watch_progress(proc: subprocess.Popen, seen: list[int]) -> None:
+    """Track the largest 'N/total' count tqdm printed on the child's stderr."""
+    buffer = b""
+    while chunk := proc.stderr.read1(4096):
+        buffer = (buffer + chunk)[-4096:]
+        counts = [int(m) for m in re.findall(rb"\| *(\d+)/\d+ \[", buffer)]
+        if counts:
+            seen.append(max(counts))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_killed_run_leaves_a_valid_store_and_resumes(tmp_path, sig):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(10):  # ten clips under distinct names
+        shutil.copy2(SMALL_CLIPS[i % 2], raw / f"clip{i:02d}.avi")
+    store_path = tmp_path / "f.h5"
+    cmd = [sys.executable, "extract_features.py", "--raw", str(raw), "--features", str(store_path),
+           "--backbone", "efficientnet_lite0", "--weights", "random", "--frames", "24"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen: list[int] = []
+    watcher = threading.Thread(target=_watch_progress, args=(proc, seen), daemon=True)
+    watcher.start()
+    deadline = time.time() + 120
+    while (not seen or seen[-1] < 3) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    completed_before_kill = seen[-1]
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    watcher.join(timeout=10)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+
+    store = FeatureStore(store_path)
+    assert store.validate() == []
+    kept = store.ids()
+    assert completed_before_kill <= len(kept) < 10
+
+    done = run_script(*cmd[1:], check=True)
+    assert f"done {10 - len(kept)}, skipped {len(kept)}" in done.stdout
+    assert FeatureStore(store_path).ids() == [f"clip{i:02d}.avi" for i in range(10)]
+
+
+def test_cli_help_lists_every_option():
+    out = run_script("extract_features.py", "--help", check=True).stdout
+    for option in ("--raw", "--features", "--backbone", "--frames", "--weights", "--device", "--batch",
+                   "--decoder", "--dtype"):
+        assert option in out
+
+
+def test_make_features_twice(tmp_path):
+    raw = copy_clips(SMALL_CLIPS[:2], tmp_path / "raw")
+    store_path = tmp_path / "out" / "lite.h5"
+    make = ["make", "-s", "features", f"RAW={raw}", f"FEATURES={store_path}", "BACKBONE=efficientnet_lite0",
+            "WEIGHTS=random", "FRAMES=8"]
+    first = subprocess.run(make, cwd=ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "done 2, skipped 0" in first.stdout and "efficientnet_lite0" in first.stdout
+    second = subprocess.run(make, cwd=ROOT, capture_output=True, text=True)
+    assert "done 0, skipped 2" in second.stdout
+    assert FeatureStore(store_path).ids() == sorted(p.name for p in SMALL_CLIPS[:2])

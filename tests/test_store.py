@@ -1,0 +1,111 @@
+"""The HDF5 feature store: round trip, plain-h5py access, validation, refusals."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.store import FeatureStore, StoreError, StoreSettings, main
+
+SETTINGS = StoreSettings(backbone="vgg16", layer="fc7 after ReLU", feature_dim=6, weights="random(seed=0)",
+                         preprocessing="{}", frames=4, dtype="float32")
+
+
+def _source(i: int = 0) -> dict:
+    return {"source_size": 100 + i, "source_mtime_ns": 10**18 + i, "n_frames": 50, "fps": 29.97,
+            "indices": np.arange(4) * 12, "decoder": "opencv"}
+
+
+@pytest.fixture
+def store(tmp_path):
+    return FeatureStore.open_or_create(tmp_path / "f.h5", SETTINGS, {"torch": "x"})
+
+
+def test_round_trip(store):
+    rng = np.random.default_rng(0)
+    arrays = {f"clip {i}.avi": rng.standard_normal((4, 6)).astype(np.float32) for i in range(3)}
+    for i, (vid, x) in enumerate(arrays.items()):
+        store.write(vid, x, _source(i))
+    reopened = FeatureStore(store.path)
+    assert reopened.settings == SETTINGS
+    assert reopened.ids() == sorted(arrays)
+    np.testing.assert_array_equal(reopened.read("clip 1.avi"), arrays["clip 1.avi"])
+    many = reopened.read_many(["clip 2.avi", "clip 0.avi"])
+    assert many.shape == (2, 4, 6)
+    np.testing.assert_array_equal(many[0], arrays["clip 2.avi"])
+    sources = reopened.sources()
+    assert int(sources["clip 1.avi"]["source_size"]) == 101
+    assert sources["clip 1.avi"]["indices"].tolist() == [0, 12, 24, 36]
+    assert reopened.validate() == []
+
+
+def test_plain_h5py_reads_the_layout(store):
+    x = np.ones((4, 6), np.float32)
+    store.write("a.avi", x, _source())
+    with h5py.File(store.path, "r") as f:
+        assert f["features/a.avi"].shape == (4, 6)
+        assert f.attrs["backbone"] == "vgg16" and int(f.attrs["frames"]) == 4
+        assert "torch" in f.attrs["versions"]
+        assert f["features/a.avi"].attrs["decoder"] == "opencv"
+
+
+def test_write_replaces_and_checks_shape(store):
+    store.write("a.avi", np.zeros((4, 6), np.float32), _source())
+    store.write("a.avi", np.ones((4, 6), np.float32), _source(1))
+    assert store.ids() == ["a.avi"] and store.read("a.avi").sum() == 24
+    with pytest.raises(ValueError, match="shape"):
+        store.write("b.avi", np.zeros((5, 6), np.float32), _source())
+
+
+def test_float16_store(tmp_path):
+    settings = StoreSettings(**{**SETTINGS.__dict__, "dtype": "float16"})
+    store = FeatureStore.open_or_create(tmp_path / "h.h5", settings, {})
+    store.write("a.avi", np.full((4, 6), 0.5, np.float32), _source())
+    assert store.read("a.avi").dtype == np.float16 and store.validate() == []
+
+
+def test_other_settings_are_refused_with_a_clear_message(store):
+    other = StoreSettings(**{**SETTINGS.__dict__, "backbone": "resnet50", "feature_dim": 2048})
+    with pytest.raises(StoreError) as info:
+        FeatureStore.open_or_create(store.path, other, {})
+    message = str(info.value)
+    assert str(store.path) in message and "resnet50" in message and "vgg16" in message and "FEATURES" in message
+
+
+def test_validate_reports_damaged_entries(store):
+    store.write("good.avi", np.zeros((4, 6), np.float32), _source())
+    with h5py.File(store.path, "a") as f:
+        f["features"].create_dataset("short.avi", data=np.zeros((3, 6), np.float32))
+        f["features"].create_dataset("nan.avi", data=np.full((4, 6), np.nan, np.float32))
+    problems = store.validate()
+    assert any("short.avi" in p and "shape" in p for p in problems)
+    assert any("nan.avi" in p and "non-finite" in p for p in problems)
+    assert not any("good.avi" in p for p in problems)
+    assert main([str(store.path)]) == 1
+
+
+def test_missing_ids_are_named(store):
+    with pytest.raises(KeyError, match="nope.avi"):
+        store.read_many(["nope.avi"])
+
+
+def test_not_a_store(tmp_path):
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not hdf5 at all")
+    with pytest.raises(StoreError, match="garbage.h5"):
+        FeatureStore(garbage)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = 1
+    with pytest.raises(StoreError, match="not a feature store"):
+        FeatureStore(other)
+    with pytest.raises(StoreError, match="make features"):
+        FeatureStore(tmp_path / "absent.h5")
+
+
+def test_info_command(store, capsys):
+    store.write("a.avi", np.zeros((4, 6), np.float32), _source())
+    assert main([str(store.path)]) == 0
+    out = capsys.readouterr().out
+    assert "vgg16" in out and "valid" in out
