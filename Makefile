@@ -9,18 +9,23 @@ WEIGHTS  ?= imagenet
 DEVICE   ?= auto
 BATCH    ?=
 DECODER  ?= auto
+LABELS   ?= data/training_label.json
+RUN      ?= runs/s2vt
+EPOCHS   ?= 100
+TRAIN_ARGS ?=
 
 VENV := .venv
 PY   := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test features clean-venv
+.PHONY: help setup test features train clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "Variables: RAW=$(RAW) BACKBONE=$(BACKBONE) FRAMES=$(FRAMES) FEATURES=$(FEATURES)"
 	@echo "           WEIGHTS=$(WEIGHTS) DEVICE=$(DEVICE) BATCH=$(BATCH) DECODER=$(DECODER)"
+	@echo "           LABELS=$(LABELS) RUN=$(RUN) EPOCHS=$(EPOCHS) TRAIN_ARGS=$(TRAIN_ARGS)"
 
 setup: $(STAMP) ## create .venv and install the project with its test extras (no-op when up to date)
 
@@ -37,6 +42,10 @@ features: setup ## extract CNN features of every new or changed clip in RAW into
 	$(PY) extract_features.py --raw $(RAW) --features $(FEATURES) --backbone $(BACKBONE) \
 		--frames $(FRAMES) --weights $(WEIGHTS) --device $(DEVICE) --decoder $(DECODER) \
 		$(if $(BATCH),--batch $(BATCH))
+
+train: setup ## train S2VT on FEATURES + LABELS into RUN (resumes RUN/last.pt; TRAIN_ARGS for more options)
+	$(PY) train.py --features $(FEATURES) --labels $(LABELS) --run $(RUN) --epochs $(EPOCHS) \
+		--device $(DEVICE) $(if $(BATCH),--batch-size $(BATCH)) $(TRAIN_ARGS)
 
 clean-venv: ## remove the virtual environment
 	rm -rf $(VENV)

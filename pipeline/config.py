@@ -65,3 +65,28 @@ def write_json(path: str | Path, data: Any) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     tmp.replace(path)
+
+
+@dataclass
+class TrainConfig:
+    features: str = opt("data/features/vgg16_80.h5", "feature store made by `make features`")
+    labels: str = opt("data/training_label.json", "training captions (MLDS JSON, CSV, MSR-VDC CSV or MSVD split)")
+    run: str = opt("runs/s2vt", "run folder: checkpoints, metrics.csv, plots, config.json")
+    epochs: int = opt(100, "total epochs; a finished run called with more continues to the new count")
+    batch_size: int = opt(64, "captions per optimisation step")
+    lr: float = opt(1e-3, "Adam learning rate")
+    lr_schedule: str = opt("none", "'none' or 'cosine' (decay to 0 over `epochs`)")
+    hidden: int = opt(512, "LSTM hidden size")
+    embed: int = opt(512, "word embedding size")
+    dropout: float = opt(0.3, "dropout on frame projections, embeddings and the output layer")
+    attention: str = opt("none", "'none' (plain S2VT), 'luong' or 'bahdanau'")
+    bidirectional: bool = opt(False, "bidirectional first LSTM")
+    schedule: str = opt("inverse_sigmoid", "teacher forcing per epoch: inverse_sigmoid (the seed's), constant, linear")
+    captions_per_epoch: str = opt("one", "'one' random caption per video each epoch (the seed's way), or 'all'")
+    max_len: int = opt(20, "words kept per caption (longer ones are cut)")
+    min_count: int = opt(3, "words seen fewer times become <unk>")
+    val_fraction: float = opt(0.05, "share of the labelled videos held out for validation")
+    clip_grad: float = opt(5.0, "gradient-norm clipping threshold")
+    seed: int = opt(0, "seed for initialisation, the split, caption sampling and dropout")
+    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+    amp: bool = opt(True, "bf16 autocast on CUDA (ignored on CPU)")

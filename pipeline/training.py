@@ -1,0 +1,276 @@
+"""Training S2VT: the loop, validation, checkpoints and exact resume.
+
+Reads the feature store and the training labels; writes into the run folder
+`config.json`, `last.pt` (every epoch), `best.pt` (best validation BLEU),
+`metrics.csv` (one row per epoch) and the plots `curves.png` and `schedule.png`.
+Checkpoints are plain dicts written atomically, each enough on its own to caption
+new videos: model weights and config, vocab, feature-store settings, optimizer
+and LR-scheduler state, the epoch, the best score, the torch RNG state and the
+metrics history. Calling `train` again on the same run resumes from `last.pt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .captions import CaptionError, Vocab, load_captions
+from .config import TrainConfig, add_config_arguments, config_from_args, print_config, write_json
+from .dataset import CaptionSet, build_set, epoch_captions, split_ids, usable_ids
+from .features import resolve_device
+from .metrics import course_bleu1
+from .model import S2VT, S2VTConfig, masked_loss
+from .schedule import teacher_forcing
+from .store import FeatureStore, StoreError
+
+# Config fields that shape the model or its vocabulary: a run cannot resume with others.
+MODEL_FIELDS = ("hidden", "embed", "attention", "bidirectional", "max_len", "min_count")
+METRICS = ("epoch", "train_loss", "val_loss", "val_bleu", "teacher_forcing", "lr", "seconds")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used here; the message names the file and what differs."""
+
+
+def save_checkpoint(path: Path, checkpoint: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(checkpoint, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint (train a run first with `make train`)") from None
+    except Exception as exc:  # torch raises several types for damaged or foreign files
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def model_from_checkpoint(checkpoint: dict) -> tuple[S2VT, Vocab]:
+    model = S2VT(S2VTConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), Vocab.from_dict(checkpoint["vocab"])
+
+
+def check_resumable(checkpoint: dict, cfg: TrainConfig, vocab: Vocab, store: FeatureStore, path: Path) -> None:
+    """Refuse a checkpoint made for other features, another vocabulary or another model shape."""
+    problems = [f"{f}: checkpoint has {checkpoint['train_config'][f]!r}, asked for {getattr(cfg, f)!r}"
+                for f in MODEL_FIELDS if checkpoint["train_config"][f] != getattr(cfg, f)]
+    problems += checkpoint_feature_problems(checkpoint, store)
+    if checkpoint["vocab"]["words"] != vocab.words:
+        problems.append(f"vocabulary: checkpoint has {len(checkpoint['vocab']['words'])} words, the labels "
+                        f"{cfg.labels} give {len(vocab)} (other labels or another split)")
+    if problems:
+        raise CheckpointError(f"{path} cannot be resumed with these settings:\n  " + "\n  ".join(problems) +
+                              "\nUse another RUN folder for a new run, or the settings the run was started with.")
+
+
+def checkpoint_feature_problems(checkpoint: dict, store: FeatureStore) -> list[str]:
+    ours = checkpoint["feature_settings"]
+    theirs = asdict(store.settings)
+    return [f"features {k}: checkpoint was trained on {ours[k]!r}, {store.path} has {theirs[k]!r}"
+            for k in ("backbone", "feature_dim", "frames", "weights", "preprocessing") if ours[k] != theirs[k]]
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def train_one_epoch(model: S2VT, data: CaptionSet, optimizer, device: torch.device, epoch: int,
+                    cfg: TrainConfig, p_true: float) -> float:
+    """One pass over this epoch's captions; returns the mean training loss."""
+    model.train()
+    rows = epoch_captions(data, cfg.captions_per_epoch, cfg.seed, epoch)
+    batches = [rows[i:i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
+    total, bar = 0.0, tqdm(batches, desc=f"Epoch {epoch}", unit="step", leave=False, dynamic_ncols=True)
+    for step, batch in enumerate(bar, 1):
+        batch = torch.from_numpy(batch)
+        tokens = data.tokens[batch].to(device)  # (B, T + 1)
+        features = data.features[data.video_of[batch]].to(device, non_blocking=True)  # (B, F, D)
+        with autocast(device, cfg.amp):
+            logits = model(features, tokens[:, :-1], teacher_forcing=p_true)  # (B, T, V)
+            loss = masked_loss(logits.float(), tokens[:, 1:], model.cfg.pad_id)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        optimizer.step()
+        total += loss.item()
+        bar.set_postfix_str(f"Training Loss: {total / step:.4f}, samp_prob: {p_true:.4f}")
+    return total / max(len(batches), 1)
+
+
+@torch.no_grad()
+def greedy_captions(model: S2VT, features: torch.Tensor, vocab: Vocab, device: torch.device,
+                    batch: int = 256) -> list[str]:
+    """Greedy captions for `features` `(N, F, D)`, as strings."""
+    model.eval()
+    out = []
+    for i in range(0, len(features), batch):
+        tokens = model.generate(features[i:i + batch].to(device))  # (b, T)
+        out += [vocab.decode(row) for row in tokens.tolist()]
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: S2VT, data: CaptionSet, vocab: Vocab, device: torch.device, cfg: TrainConfig) -> dict:
+    """Teacher-forced loss over every caption, and course BLEU-1 of greedy captions."""
+    model.eval()
+    losses, weights = [], []
+    for i in range(0, len(data.tokens), cfg.batch_size):
+        tokens = data.tokens[i:i + cfg.batch_size].to(device)
+        features = data.features[data.video_of[i:i + cfg.batch_size]].to(device)
+        with autocast(device, cfg.amp):
+            logits = model(features, tokens[:, :-1])
+        losses.append(masked_loss(logits.float(), tokens[:, 1:], model.cfg.pad_id).item())
+        weights.append((tokens[:, 1:] != model.cfg.pad_id).sum().item())
+    captions = greedy_captions(model, data.features, vocab, device)
+    return {"val_loss": float(np.average(losses, weights=weights)),
+            "val_bleu": course_bleu1(dict(zip(data.ids, captions)), data.references)}
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRICS)
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+
+
+def plot_history(run: Path, history: list[dict], probs: np.ndarray) -> None:
+    """curves.png (losses and validation BLEU per epoch) and schedule.png (teacher forcing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_bleu) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train")
+    ax_loss.plot(epochs, [row["val_loss"] for row in history], label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_loss.legend()
+    ax_bleu.plot(epochs, [row["val_bleu"] for row in history], color="tab:green")
+    ax_bleu.set(xlabel="epoch", ylabel="course BLEU-1", title="Validation BLEU-1")
+    fig.tight_layout()
+    fig.savefig(run / "curves.png", dpi=80)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(np.arange(len(probs)), probs)
+    ax.set(xlabel="epoch", ylabel="P(feed the true word)", title="Scheduled sampling", ylim=(0, 1.05))
+    fig.tight_layout()
+    fig.savefig(run / "schedule.png", dpi=80)
+    plt.close(fig)
+
+
+def _lr_factor(cfg: TrainConfig):
+    if cfg.lr_schedule == "cosine":
+        return lambda epoch: 0.5 * (1 + math.cos(math.pi * min(epoch, cfg.epochs) / cfg.epochs))
+    if cfg.lr_schedule == "none":
+        return lambda epoch: 1.0
+    raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; known: none, cosine")
+
+
+def prepare(cfg: TrainConfig):
+    """Load labels and features, split, and build the vocabulary (from the training split)."""
+    store = FeatureStore(cfg.features)
+    captions = load_captions(cfg.labels)
+    train_ids, val_ids = split_ids(usable_ids(captions, store, cfg.labels), cfg.val_fraction, cfg.seed)
+    vocab = Vocab.build({v: captions[v] for v in train_ids}, cfg.min_count)
+    train_set = build_set(train_ids, captions, store, vocab, cfg.max_len)
+    val_set = build_set(val_ids, captions, store, vocab, cfg.max_len) if val_ids else None
+    return store, vocab, train_set, val_set
+
+
+def train(cfg: TrainConfig) -> list[dict]:
+    """Train (or resume) the run in `cfg.run`; returns the metrics history."""
+    run = Path(cfg.run)
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(run / "config.json", asdict(cfg))
+    store, vocab, train_set, val_set = prepare(cfg)
+    device = resolve_device(cfg.device)
+    print(f"train: {len(train_set)} videos, {len(train_set.tokens)} captions; validation: "
+          f"{len(val_set) if val_set else 0} videos; vocabulary: {len(vocab)} words (min count {cfg.min_count}); "
+          f"features {tuple(train_set.features.shape[1:])} from {store.settings.backbone}; device {device}")
+
+    torch.manual_seed(cfg.seed)
+    model_cfg = S2VTConfig(feature_dim=store.feature_dim, vocab_size=len(vocab), max_len=cfg.max_len,
+                           hidden=cfg.hidden, embed=cfg.embed, dropout=cfg.dropout, attention=cfg.attention,
+                           bidirectional=cfg.bidirectional)
+    model = S2VT(model_cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
+    start, history, best = 0, [], -math.inf
+    last_path, best_path = run / "last.pt", run / "best.pt"
+    if last_path.exists():
+        checkpoint = load_checkpoint(last_path)
+        check_resumable(checkpoint, cfg, vocab, store, last_path)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        start, history, best = checkpoint["epoch"], checkpoint["history"], checkpoint["best_score"]
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        print(f"resuming {last_path} after epoch {start - 1} (best validation BLEU-1 {best:.4f})")
+    if start >= cfg.epochs:
+        print(f"{run} has already trained {start} epochs; pass a larger EPOCHS to continue")
+        return history
+
+    probs = teacher_forcing(cfg.schedule, cfg.epochs)
+    for epoch in range(start, cfg.epochs):
+        began = time.perf_counter()
+        train_loss = train_one_epoch(model, train_set, optimizer, device, epoch, cfg, float(probs[epoch]))
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        scores = evaluate(model, val_set, vocab, device, cfg) if val_set else {"val_loss": math.nan,
+                                                                              "val_bleu": math.nan}
+        history.append({"epoch": epoch, "train_loss": train_loss, **scores, "teacher_forcing": float(probs[epoch]),
+                        "lr": lr, "seconds": time.perf_counter() - began})
+        score = scores["val_bleu"] if val_set else -train_loss
+        improved = score > best
+        best = max(best, score)
+        checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "train_config": asdict(cfg),
+                      "model_config": asdict(model_cfg), "vocab": vocab.to_dict(),
+                      "feature_settings": asdict(store.settings), "epoch": epoch + 1, "best_score": best,
+                      "history": history, "rng": {"torch": torch.get_rng_state()}}
+        save_checkpoint(last_path, checkpoint)
+        if improved:
+            save_checkpoint(best_path, checkpoint)
+        write_metrics(run / "metrics.csv", history)
+        row = history[-1]
+        print(f"Epoch {epoch}: train loss {train_loss:.4f}, val loss {row['val_loss']:.4f}, "
+              f"val BLEU-1 {row['val_bleu']:.4f}, samp_prob {row['teacher_forcing']:.4f}, "
+              f"{row['seconds']:.1f} s{' (best)' if improved else ''}", flush=True)
+    plot_history(run, history, probs)
+    print(f"run: {run} (best.pt, last.pt, metrics.csv, curves.png, schedule.png)")
+    return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Train S2VT on stored features and captions. Running it again with the same --run "
+                    "resumes from last.pt; a larger --epochs continues a finished run.")
+    add_config_arguments(parser, TrainConfig)
+    cfg = config_from_args(TrainConfig, parser.parse_args(argv))
+    print_config("train", cfg)
+    try:
+        train(cfg)
+    except (CheckpointError, StoreError, CaptionError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {cfg.run}/last.pt holds the last finished epoch; run again to resume",
+              file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,117 @@
+"""Label loaders on the shared files and on malformed ones; tokenizer; vocabulary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import SHARED
+from pipeline.captions import CaptionError, Vocab, load_captions, tokenize
+
+MLDS = SHARED / "msvd-mlds"
+STANDARD = SHARED / "msvd-standard"
+
+
+def test_mlds_json_training_labels():
+    with pytest.warns(UserWarning, match=r"entry 1280: empty caption for '_sJ_09Mf1HY_49_72.avi'"):
+        captions = load_captions(MLDS / "training_label.json")
+    assert len(captions) == 1450
+    assert sum(map(len, captions.values())) == 24232 - 1  # the one empty caption is reported and left out
+    assert captions["xBePrplM4OA_6_18.avi"]
+
+
+def test_mlds_json_test_labels():
+    captions = load_captions(MLDS / "testing_label.json")
+    assert len(captions) == 100 and sum(map(len, captions.values())) == 1674
+
+
+def test_id_caption_csv_is_the_seed_output_format():
+    captions = load_captions(MLDS / "seed_output.txt")
+    assert len(captions) == 100
+    assert captions["ScdUht-pM6s_53_63.avi"] == ["a man is a a"]
+
+
+def test_msvd_standard_split():
+    train = load_captions(STANDARD / "sents_train_lc_nopunc.txt")
+    assert len(train) == 1200 and sum(map(len, train.values())) == 48774
+    assert "a chipmunk is eating" in train["-4wsuPCjDBc_5_15.avi"]
+    test = load_captions(STANDARD / "sents_test_lc_nopunc.txt")
+    assert len(test) == 670 and sum(map(len, test.values())) == 27763
+
+
+def test_msr_video_description_csv_keeps_english_rows(tmp_path):
+    path = tmp_path / "MSR Video Description Corpus.csv"
+    path.write_text(
+        "VideoID,Start,End,WorkerID,Source,AnnotationTime,Language,Description\n"
+        "mv89psg6zh4,33,46,1,clean,17,English,A bird in a sink keeps getting water.\n"
+        'mv89psg6zh4,33,46,2,clean,18,English,"A bird, in a sink, drinks."\n'
+        "mv89psg6zh4,33,46,3,clean,19,German,Ein Vogel in einem Waschbecken.\n"
+        "60x_yxy7Sfw,1,8,4,clean,20,English,A man is playing a guitar.\n")
+    captions = load_captions(path)
+    assert captions == {"mv89psg6zh4_33_46.avi": ["A bird in a sink keeps getting water.", "A bird, in a sink, drinks."],
+                        "60x_yxy7Sfw_1_8.avi": ["A man is playing a guitar."]}
+
+
+def test_id_caption_csv_with_header(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("video_id,caption\nclip1.avi,a dog runs, fast\nclip1.avi,a dog\nclip2.avi,a cat\n")
+    assert load_captions(path) == {"clip1.avi": ["a dog runs, fast", "a dog"], "clip2.avi": ["a cat"]}
+
+
+@pytest.mark.parametrize("content,match", [
+    ('[{"id": "a.avi", "caption": ["a dog"]},', r"not valid JSON \(line 1"),
+    ('[{"id": "a.avi"}]', r"entry 0 needs an \"id\" and a \"caption\""),
+    ('[{"caption": ["x"]}, 3]', r"entry 0"),
+    ('{"a.avi": ["a dog"]}', r"JSON list"),
+    ('[]', r"no captions"),
+])
+def test_malformed_json_names_file_and_entry(tmp_path, content, match):
+    path = tmp_path / "bad_labels.json"
+    path.write_text(content)
+    with pytest.raises(CaptionError, match=match) as info:
+        load_captions(path)
+    assert "bad_labels.json" in str(info.value)
+
+
+def test_empty_captions_are_reported(tmp_path):
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps([{"id": "a.avi", "caption": ["a dog", "  ", "..."]}, {"id": "b.avi", "caption": [""]}]))
+    with pytest.warns(UserWarning) as record:
+        captions = load_captions(path)
+    messages = " | ".join(str(w.message) for w in record)
+    assert "entry 0: empty caption for 'a.avi'" in messages and "entry 1 ('b.avi') has no usable caption" in messages
+    assert captions == {"a.avi": ["a dog"]}
+
+
+def test_malformed_csv_and_split(tmp_path):
+    bad_csv = tmp_path / "labels.csv"
+    bad_csv.write_text("clip1.avi,a dog\nno comma here\n")
+    with pytest.raises(CaptionError, match=r"labels.csv: line 2"):
+        load_captions(bad_csv)
+    split = tmp_path / "sents_train_lc_nopunc.txt"
+    split.write_text("vid1\ta dog\n")
+    with pytest.raises(CaptionError, match="youtube_video_to_id_mapping.txt"):
+        load_captions(split)
+    (tmp_path / "youtube_video_to_id_mapping.txt").write_text("abc_1_2 vid2\n")
+    with pytest.raises(CaptionError, match=r"line 1: 'vid1'"):
+        load_captions(split)
+    with pytest.raises(CaptionError, match="no such label file"):
+        load_captions(tmp_path / "absent.json")
+
+
+def test_tokenizer_needs_no_data():
+    assert tokenize("A man's dog, RUNNING fast!") == ["a", "man's", "dog", "running", "fast"]
+    assert tokenize("  ...  ") == []
+
+
+def test_vocab_round_trip_and_mlds_size():
+    with pytest.warns(UserWarning):
+        captions = load_captions(MLDS / "training_label.json")
+    vocab = Vocab.build(captions)
+    assert vocab.min_count == 3 and len(vocab) == 2891  # reported in the README
+    assert vocab.words[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    again = Vocab.from_dict(json.loads(json.dumps(vocab.to_dict())))
+    assert again.words == vocab.words and again.index == vocab.index
+    ids = vocab.encode("A man is playing a zzyzzx.")
+    assert ids[-1] == vocab.unk_id and vocab.decode(ids + [vocab.eos_id, 5]) == "a man is playing a"
