@@ -1,0 +1,172 @@
+"""Training end to end on the 8 real clips: learning, validation, resume, refusals, make."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CLIPS_DIR, ROOT, run_script
+from pipeline.captions import load_captions, tokenize
+from pipeline.config import ExtractConfig, TrainConfig
+from pipeline.features import extract
+from pipeline.schedule import inverse_sigmoid
+from pipeline.training import CheckpointError, greedy_captions, load_checkpoint, model_from_checkpoint, train
+from pipeline.store import FeatureStore
+
+LABELS = CLIPS_DIR / "labels.json"
+TINY = {"hidden": 32, "embed": 32, "batch_size": 16, "val_fraction": 0.0, "dropout": 0.1}
+
+
+@pytest.fixture(scope="session")
+def clip_features(tmp_path_factory) -> Path:
+    """Real ImageNet EfficientNet-Lite0 features of the 8 shared clips, 16 frames each."""
+    path = tmp_path_factory.mktemp("features") / "lite_16.h5"
+    summary = extract(ExtractConfig(raw=str(CLIPS_DIR), features=str(path), backbone="efficientnet_lite0",
+                                    weights="imagenet", frames=16))
+    assert len(summary.done) == 8
+    return path
+
+
+def _cfg(features: Path, run: Path, **kw) -> TrainConfig:
+    return TrainConfig(**{"features": str(features), "labels": str(LABELS), "run": str(run), **TINY, **kw})
+
+
+def _rows(run: Path) -> list[dict]:
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_model_learns_the_tiny_set(clip_features, tmp_path):
+    history = train(_cfg(clip_features, tmp_path / "run", epochs=60, hidden=128, embed=128, batch_size=32,
+                          captions_per_epoch="all", schedule="constant", dropout=0.0, lr=3e-3))
+    losses = [row["train_loss"] for row in history]
+    means = [sum(losses[i:i + 10]) / 10 for i in range(0, 60, 10)]
+    assert all(a > b for a, b in zip(means, means[1:4])), f"loss should fall steadily: {means}"
+    assert losses[-1] < losses[0] / 3
+    model, vocab = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "last.pt"))
+    store = FeatureStore(clip_features)
+    ids = store.ids()
+    captions = greedy_captions(model, torch.from_numpy(store.read_many(ids)), vocab, torch.device("cpu"))
+    references = load_captions(LABELS)
+    exact = [vid for vid, cap in zip(ids, captions) if any(tokenize(r) == cap.split() for r in references[vid])]
+    assert len(exact) >= 5, f"only {len(exact)} of 8 captions reproduce a reference: {captions}"
+
+
+def test_outputs_validation_and_plots(clip_features, tmp_path):
+    run = tmp_path / "run"
+    history = train(_cfg(clip_features, run, epochs=3, val_fraction=0.25, schedule="inverse_sigmoid"))
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    rows = _rows(run)
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_bleu", "teacher_forcing", "lr", "seconds"]
+    assert all(0 <= float(r["val_bleu"]) <= 1 and float(r["val_loss"]) > 0 for r in rows)
+    assert [float(r["teacher_forcing"]) for r in rows] == pytest.approx(inverse_sigmoid(3).tolist())
+    for name in ("config.json", "last.pt", "best.pt", "curves.png", "schedule.png"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "config.json").read_text())["epochs"] == 3
+    checkpoint = load_checkpoint(run / "best.pt")
+    assert checkpoint["feature_settings"]["feature_dim"] == 1280
+    assert checkpoint["feature_settings"]["backbone"] == "efficientnet_lite0"
+    assert checkpoint["model_config"]["feature_dim"] == 1280 and checkpoint["vocab"]["words"][0] == "<pad>"
+
+
+def test_larger_epochs_continue_a_finished_run(clip_features, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(_cfg(clip_features, run, epochs=2))
+    train(_cfg(clip_features, run, epochs=4))
+    assert [int(r["epoch"]) for r in _rows(run)] == [0, 1, 2, 3]
+    capsys.readouterr()
+    train(_cfg(clip_features, run, epochs=4))
+    assert "already trained 4 epochs" in capsys.readouterr().out
+    assert len(_rows(run)) == 4
+
+
+def _train_cmd(features: Path, run: Path, epochs: int) -> list[str]:
+    return [sys.executable, "train.py", "--features", str(features), "--labels", str(LABELS), "--run", str(run),
+            "--epochs", str(epochs), "--hidden", "32", "--embed", "32", "--batch-size", "8",
+            "--val-fraction", "0.25", "--captions-per-epoch", "all"]
+
+
+def test_killed_run_resumes_to_the_same_weights(clip_features, tmp_path):
+    epochs = 8
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(clip_features, killed, epochs), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "metrics.csv").exists() and len(_rows(killed)) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.kill()
+    proc.wait()
+    done = len(_rows(killed))
+    assert 3 <= done < epochs
+    run_script(*_train_cmd(clip_features, killed, epochs)[1:], check=True)
+    run_script(*_train_cmd(clip_features, whole, epochs)[1:], check=True)
+    a, b = load_checkpoint(whole / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a["epoch"] == b["epoch"] == epochs
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), f"{name} differs after resume"
+    assert [int(r["epoch"]) for r in _rows(killed)] == list(range(epochs))
+    assert [r["train_loss"] for r in _rows(killed)] == [r["train_loss"] for r in _rows(whole)]
+
+
+def test_checkpoint_of_another_setting_is_refused(clip_features, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(clip_features, run, epochs=1))
+    with pytest.raises(CheckpointError, match=r"hidden: checkpoint has 32, asked for 64") as info:
+        train(_cfg(clip_features, run, epochs=2, hidden=64))
+    assert "last.pt" in str(info.value) and "RUN" in str(info.value)
+
+    other_labels = tmp_path / "labels.json"
+    other_labels.write_text(json.dumps([{"id": p.name, "caption": ["a b c d e f"] * 3}
+                                        for p in sorted(CLIPS_DIR.glob("*.avi"))]))
+    with pytest.raises(CheckpointError, match="vocabulary"):
+        train(_cfg(clip_features, run, epochs=2, labels=str(other_labels)))
+
+    other_store = tmp_path / "lite_8.h5"
+    extract(ExtractConfig(raw=str(CLIPS_DIR), features=str(other_store), backbone="efficientnet_lite0",
+                          weights="random", frames=16))
+    with pytest.raises(CheckpointError, match="features weights"):
+        train(_cfg(other_store, run, epochs=2))
+
+
+def test_damaged_checkpoint_is_named(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="last.pt is not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_labels_without_features_are_reported(clip_features, tmp_path):
+    labels = json.loads(LABELS.read_text()) + [{"id": "never_extracted.avi", "caption": ["a dog runs"]}]
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(labels))
+    with pytest.warns(UserWarning, match=r"1 of 9 videos in .*labels.json have no features .*never_extracted.avi"):
+        train(_cfg(clip_features, tmp_path / "run", epochs=1, labels=str(path)))
+
+
+def test_make_train_end_to_end(clip_features, tmp_path):
+    run = tmp_path / "run"
+    cmd = ["make", "-s", "train", f"FEATURES={clip_features}", f"LABELS={LABELS}", f"RUN={run}", "EPOCHS=2",
+           "BATCH=16", "TRAIN_ARGS=--hidden 32 --embed 32 --val-fraction 0.25"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Epoch 1: train loss" in proc.stdout and "batch_size = 16" in proc.stdout
+    assert len(_rows(run)) == 2 and (run / "best.pt").is_file()
+    bad = subprocess.run(cmd[:-1] + ["TRAIN_ARGS=--hidden 48"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "hidden: checkpoint has 32, asked for 48" in bad.stderr
+
+
+def test_train_help():
+    out = run_script("train.py", "--help", check=True).stdout
+    for option in ("--features", "--labels", "--run", "--epochs", "--schedule", "--attention", "--bidirectional"):
+        assert option in out
