@@ -1,12 +1,24 @@
-"""Caption metrics: the course's per-video BLEU-1 (the seed's headline number).
+"""Caption metrics: the course's per-video BLEU-1 and the coco-caption metrics.
 
-Reads nothing from disk; takes `{video_id: caption}` and `{video_id: [references]}`.
+Reads nothing from disk; takes `{video_id: caption}` and `{video_id: [references]}`
+and returns plain dicts with the keys of `scores.json`: `mlds_bleu1` (the seed's
+headline number), `bleu1`..`bleu4`, `meteor`, `rouge_l`, `cider` (pycocoevalcap,
+PTB tokenizer) and `n_videos`. Java runs the PTB tokenizer and METEOR when it is
+installed; without it, tokenizing falls back to `ptb_tokenizer` (same tokens) and
+`meteor` is None (unavailable), never 0.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import shutil
 from collections import Counter
+
+from .ptb_tokenizer import ptb_tokenize
+
+METRIC_KEYS = ("mlds_bleu1", "bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 
 
 def _bleu1_one(candidate: str, references: list[str]) -> float:
@@ -36,3 +48,50 @@ def course_bleu1(predictions: dict[str, str], references: dict[str, list[str]]) 
     if not predictions:
         return 0.0
     return sum(_bleu1_one(caption, references[vid]) for vid, caption in predictions.items()) / len(predictions)
+
+
+def java_available() -> bool:
+    return shutil.which("java") is not None
+
+
+def _tokenized(captions: dict[str, list[str]], use_java: bool) -> dict[str, list[str]]:
+    if not use_java:
+        return {vid: [ptb_tokenize(c) for c in caps] for vid, caps in captions.items()}
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return PTBTokenizer().tokenize({vid: [{"caption": c} for c in caps] for vid, caps in captions.items()})
+
+
+def coco_scores(predictions: dict[str, str], references: dict[str, list[str]],
+                use_java: bool | None = None) -> dict[str, float | None]:
+    """BLEU-1..4, METEOR, ROUGE-L and CIDEr of `predictions` (one caption per id)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    use_java = java_available() if use_java is None else use_java
+    ids = sorted(predictions)
+    gts = _tokenized({vid: references[vid] for vid in ids}, use_java)
+    res = _tokenized({vid: [predictions[vid]] for vid in ids}, use_java)
+    scores: dict[str, float | None] = {}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints its internals
+        bleu, _ = Bleu(4).compute_score(gts, res)
+        scores.update({f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)})
+        scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+        scores["cider"] = float(Cider().compute_score(gts, res)[0])
+        scores["meteor"] = _meteor(gts, res) if use_java else None
+    return scores
+
+
+def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> float:
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    return float(Meteor().compute_score(gts, res)[0])  # the corpus-level score METEOR's jar reports
+
+
+def score_captions(predictions: dict[str, str], references: dict[str, list[str]],
+                   use_java: bool | None = None) -> dict:
+    """Every metric of `scores.json` for `predictions` against `references`."""
+    return {"mlds_bleu1": course_bleu1(predictions, references),
+            **coco_scores(predictions, references, use_java), "n_videos": len(predictions)}
