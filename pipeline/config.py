@@ -90,3 +90,17 @@ class TrainConfig:
     seed: int = opt(0, "seed for initialisation, the split, caption sampling and dropout")
     device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
     amp: bool = opt(True, "bf16 autocast on CUDA (ignored on CPU)")
+
+
+@dataclass
+class EvalConfig:
+    run: str = opt("runs/s2vt", "run folder with the checkpoint; captions and scores are written there")
+    features: str = opt("data/features/vgg16_80.h5", "feature store holding the videos to caption")
+    references: str = opt("data/testing_label.json", "test captions to score against")
+    checkpoint: str = opt("best.pt", "checkpoint file in the run folder")
+    train_labels: str = opt("", "training labels for the constant-caption baseline (default: the run's own)")
+    beam: int = opt(5, "beam size (1 = greedy)")
+    length_penalty: float = opt(0.0, "beam length penalty alpha: ((5 + length) / 6) ** alpha")
+    block_ngram: int = opt(0, "forbid repeating any n-gram of this size (0 = off)")
+    batch: int = opt(64, "videos decoded at once")
+    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")

@@ -11,6 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.config import ExtractConfig
+from pipeline.features import extract
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 CLIPS_DIR = SHARED / "msvd-clips"
@@ -50,3 +53,13 @@ def run_script(*args: str, check: bool = False, **kwargs) -> subprocess.Complete
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def clip_features(tmp_path_factory) -> Path:
+    """Real ImageNet EfficientNet-Lite0 features of the 8 shared clips, 16 frames each."""
+    path = tmp_path_factory.mktemp("features") / "lite_16.h5"
+    summary = extract(ExtractConfig(raw=str(CLIPS_DIR), features=str(path), backbone="efficientnet_lite0",
+                                    weights="imagenet", frames=16))
+    assert len(summary.done) == 8
+    return path

@@ -25,16 +25,6 @@ LABELS = CLIPS_DIR / "labels.json"
 TINY = {"hidden": 32, "embed": 32, "batch_size": 16, "val_fraction": 0.0, "dropout": 0.1}
 
 
-@pytest.fixture(scope="session")
-def clip_features(tmp_path_factory) -> Path:
-    """Real ImageNet EfficientNet-Lite0 features of the 8 shared clips, 16 frames each."""
-    path = tmp_path_factory.mktemp("features") / "lite_16.h5"
-    summary = extract(ExtractConfig(raw=str(CLIPS_DIR), features=str(path), backbone="efficientnet_lite0",
-                                    weights="imagenet", frames=16))
-    assert len(summary.done) == 8
-    return path
-
-
 def _cfg(features: Path, run: Path, **kw) -> TrainConfig:
     return TrainConfig(**{"features": str(features), "labels": str(LABELS), "run": str(run), **TINY, **kw})
 

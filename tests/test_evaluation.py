@@ -1,0 +1,106 @@
+"""Scoring captions files, and make eval / make captions on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import CLIPS_DIR, ROOT, SHARED, run_script
+from pipeline.config import TrainConfig
+from pipeline.metrics import METRIC_KEYS
+from pipeline.training import train
+
+MLDS = SHARED / "msvd-mlds"
+LABELS = CLIPS_DIR / "labels.json"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(clip_features, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    train(TrainConfig(features=str(clip_features), labels=str(LABELS), run=str(run), epochs=25, hidden=64,
+                      embed=64, batch_size=32, captions_per_epoch="all", schedule="constant", val_fraction=0,
+                      dropout=0.0, lr=3e-3))
+    return run
+
+
+def _score(*args):
+    return run_script("evaluate.py", *args)
+
+
+def test_score_the_seed_output(tmp_path):
+    out = tmp_path / "scores.json"
+    proc = _score("--predictions", str(MLDS / "seed_output.txt"), "--references", str(MLDS / "testing_label.json"),
+                  "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "mlds_bleu1" in proc.stdout and "0.7243" in proc.stdout and "0.4810" in proc.stdout
+    scores = json.loads(out.read_text())
+    assert set(METRIC_KEYS) <= set(scores) and scores["n_videos"] == 100
+    assert scores["mlds_bleu1"] == pytest.approx(0.7243460350812861, abs=1e-12)
+
+
+def _write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture
+def seed_lines():
+    return (MLDS / "seed_output.txt").read_text().splitlines()
+
+
+def test_ids_without_extension_are_matched(tmp_path, seed_lines):
+    preds = _write(tmp_path / "p.txt", [line.replace(".avi,", ",", 1) for line in seed_lines])
+    proc = _score("--predictions", str(preds), "--references", str(MLDS / "testing_label.json"))
+    assert proc.returncode == 0 and "0.7243" in proc.stdout
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda lines: lines[:-2], "2 reference videos have no caption"),
+    (lambda lines: lines + [lines[0]], "appear more than once"),
+    (lambda lines: lines + ["made_up.avi,a dog"], "1 ids are not in the references"),
+    (lambda lines: lines + ["no comma"], "is not 'video_id,caption'"),
+])
+def test_malformed_prediction_files(tmp_path, seed_lines, edit, message):
+    preds = _write(tmp_path / "p.txt", edit(seed_lines))
+    proc = _score("--predictions", str(preds), "--references", str(MLDS / "testing_label.json"))
+    assert proc.returncode == 2 and message in proc.stderr and "p.txt" in proc.stderr
+
+
+def test_empty_captions_score_zero(tmp_path, seed_lines):
+    lines = [line.split(",")[0] + "," if i < 3 else line for i, line in enumerate(seed_lines)]
+    preds = _write(tmp_path / "p.txt", lines)
+    out = tmp_path / "s.json"
+    proc = _score("--predictions", str(preds), "--references", str(MLDS / "testing_label.json"), "--out", str(out))
+    assert proc.returncode == 0 and "3 empty captions" in proc.stderr
+    assert json.loads(out.read_text())["mlds_bleu1"] < 0.7243
+
+
+def test_make_eval_and_captions(tiny_run, clip_features):
+    make = ["make", "-s", "eval", f"RUN={tiny_run}", f"FEATURES={clip_features}", f"TEST_LABELS={LABELS}", "BEAM=3"]
+    proc = subprocess.run(make, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "baseline" in proc.stdout and "cider" in proc.stdout
+    lines = (tiny_run / "captions.txt").read_text().splitlines()
+    assert len(lines) == 8 and all(line.split(",", 1)[0].endswith(".avi") for line in lines)
+    scores = json.loads((tiny_run / "scores.json").read_text())
+    assert set(METRIC_KEYS) <= set(scores) and set(METRIC_KEYS) <= set(scores["baseline"])
+    assert scores["decoding"]["beam"] == 3 and scores["n_videos"] == 8
+    assert scores["cider"] > scores["baseline"]["cider"], "a memorising model beats the constant caption"
+
+    proc = subprocess.run(["make", "-s", "captions", f"RUN={tiny_run}", f"FEATURES={clip_features}"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert len((tiny_run / "captions_all.txt").read_text().splitlines()) == 8
+
+
+def test_checkpoint_and_store_must_match(tiny_run, tmp_path):
+    from pipeline.config import ExtractConfig
+    from pipeline.features import extract
+
+    other = tmp_path / "random.h5"
+    extract(ExtractConfig(raw=str(CLIPS_DIR), features=str(other), backbone="efficientnet_lite0", weights="random",
+                          frames=16))
+    proc = _score("--run", str(tiny_run), "--features", str(other), "--references", str(LABELS))
+    assert proc.returncode == 2 and "does not fit" in proc.stderr and "weights" in proc.stderr
