@@ -51,9 +51,9 @@ train: setup ## train S2VT on FEATURES + LABELS into RUN (resumes RUN/last.pt; T
 	$(PY) train.py --features $(FEATURES) --labels $(LABELS) --run $(RUN) --epochs $(EPOCHS) \
 		--device $(DEVICE) $(if $(BATCH),--batch-size $(BATCH)) $(TRAIN_ARGS)
 
-eval: setup ## caption the test videos with RUN/best.pt, score them against TEST_LABELS (RUN/scores.json)
+eval: setup ## caption the test videos with RUN/best.pt, score them against TEST_LABELS, write RUN/scores.json and RUN/report.html
 	$(PY) evaluate.py --run $(RUN) --features $(FEATURES) --references $(TEST_LABELS) --beam $(BEAM) \
-		--device $(DEVICE) $(EVAL_ARGS)
+		--raw $(RAW) --device $(DEVICE) $(EVAL_ARGS)
 
 captions: setup ## caption every video in FEATURES with RUN/best.pt into RUN/captions_all.txt
 	$(PY) evaluate.py --all --run $(RUN) --features $(FEATURES) --beam $(BEAM) --device $(DEVICE) $(EVAL_ARGS)

@@ -99,6 +99,8 @@ class EvalConfig:
     references: str = opt("data/testing_label.json", "test captions to score against")
     checkpoint: str = opt("best.pt", "checkpoint file in the run folder")
     train_labels: str = opt("", "training labels for the constant-caption baseline (default: the run's own)")
+    raw: str = opt("data/raw", "folder of the raw clips, for the report's GIFs (missing clips are noted)")
+    report_videos: int = opt(8, "test videos shown in the report")
     beam: int = opt(5, "beam size (1 = greedy)")
     length_penalty: float = opt(0.0, "beam length penalty alpha: ((5 + length) / 6) ** alpha")
     block_ngram: int = opt(0, "forbid repeating any n-gram of this size (0 = off)")

@@ -3,7 +3,7 @@
 Reads `RUN/best.pt`, the feature store and the test labels; writes
 `RUN/captions.txt` (one `video_id,caption` line per video, the seed's format),
 `RUN/scores.json` (the metrics, with the constant-caption baseline under
-`baseline`) and `RUN/eval_config.json`. `caption_all` writes
+`baseline`), `RUN/eval_config.json` and `RUN/report.html`. `caption_all` writes
 `RUN/captions_all.txt` for every video in the store. `score_file` scores any
 captions file against references, with no model.
 """
@@ -27,6 +27,7 @@ from .decoding import DecodeConfig, beam_search
 from .features import resolve_device
 from .metrics import METRIC_KEYS, score_captions
 from .model import S2VT
+from .report import write_report
 from .store import FeatureStore, StoreError
 from .training import CheckpointError, checkpoint_feature_problems, load_checkpoint, model_from_checkpoint
 
@@ -160,6 +161,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     scores["checkpoint"] = {"file": str(run / cfg.checkpoint), "epoch": checkpoint["epoch"]}
     write_json(run / "scores.json", scores)
     write_json(run / "eval_config.json", asdict(cfg))
+    write_report(run, scores, captions, references, cfg.raw, cfg.report_videos)
     return scores
 
 
@@ -197,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         scores = evaluate_run(cfg)
         print(format_scores(scores))
-        print(f"captions: {Path(cfg.run) / 'captions.txt'}\nscores: {Path(cfg.run) / 'scores.json'}")
+        print(f"captions: {Path(cfg.run) / 'captions.txt'}\nscores: {Path(cfg.run) / 'scores.json'}\n"
+              f"report: {Path(cfg.run) / 'report.html'}")
         return 0
     except (PredictionError, CaptionError, CheckpointError, StoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -45,9 +45,13 @@ def course_bleu1(predictions: dict[str, str], references: dict[str, list[str]]) 
     count in any single reference; the brevity penalty uses the reference length
     closest to the candidate's.
     """
-    if not predictions:
-        return 0.0
-    return sum(_bleu1_one(caption, references[vid]) for vid, caption in predictions.items()) / len(predictions)
+    per_video = bleu1_per_video(predictions, references)
+    return sum(per_video.values()) / len(per_video) if per_video else 0.0
+
+
+def bleu1_per_video(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
+    """The course BLEU-1 of each video's caption."""
+    return {vid: _bleu1_one(caption, references[vid]) for vid, caption in predictions.items()}
 
 
 def java_available() -> bool:

@@ -162,6 +162,9 @@ def plot_history(run: Path, history: list[dict], probs: np.ndarray) -> None:
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_loss.legend()
     ax_bleu.plot(epochs, [row["val_bleu"] for row in history], color="tab:green")
+    if all(math.isnan(row["val_bleu"]) for row in history):
+        ax_bleu.text(0.5, 0.5, "no validation split\n(--val-fraction 0)", ha="center", va="center",
+                     transform=ax_bleu.transAxes)
     ax_bleu.set(xlabel="epoch", ylabel="course BLEU-1", title="Validation BLEU-1")
     fig.tight_layout()
     fig.savefig(run / "curves.png", dpi=80)

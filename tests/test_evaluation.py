@@ -78,10 +78,12 @@ def test_empty_captions_score_zero(tmp_path, seed_lines):
 
 
 def test_make_eval_and_captions(tiny_run, clip_features):
-    make = ["make", "-s", "eval", f"RUN={tiny_run}", f"FEATURES={clip_features}", f"TEST_LABELS={LABELS}", "BEAM=3"]
+    make = ["make", "-s", "eval", f"RUN={tiny_run}", f"FEATURES={clip_features}", f"TEST_LABELS={LABELS}", "BEAM=3",
+            f"RAW={CLIPS_DIR}"]
     proc = subprocess.run(make, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "baseline" in proc.stdout and "cider" in proc.stdout
+    assert (tiny_run / "report.html").read_text().count("data:image/gif;base64,") == 8
     lines = (tiny_run / "captions.txt").read_text().splitlines()
     assert len(lines) == 8 and all(line.split(",", 1)[0].endswith(".avi") for line in lines)
     scores = json.loads((tiny_run / "scores.json").read_text())
