@@ -46,7 +46,13 @@ class Preprocess:
         return asdict(self)
 
 
-IMAGENET = Preprocess(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    @classmethod
+    def of(cls, weights_enum) -> "Preprocess":
+        """The preprocessing torchvision's weights were trained with."""
+        t = weights_enum.transforms()
+        return cls(t.resize_size[0], t.crop_size[0], tuple(t.mean), tuple(t.std))
+
+
 # EfficientNet-Lite was trained on pixels scaled as (x - 127) / 128.
 LITE = Preprocess(256, 224, (127 / 255,) * 3, (128 / 255,) * 3)
 
@@ -91,7 +97,7 @@ def _torchvision_weights(weights_enum) -> Callable[[], tuple[dict, str]]:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights_enum.url).path).name
         try:
             state = weights_enum.get_state_dict(progress=True)
-        except OSError as exc:  # no network, or a partial download
+        except (OSError, RuntimeError) as exc:  # no network, or a partial or damaged file in the cache
             raise WeightsError(
                 f"ImageNet weights {weights_enum} are not in the torch hub cache and could not be "
                 f"downloaded ({exc}).\n  Either download {weights_enum.url}\n  on a machine with a "
@@ -118,12 +124,12 @@ def _lite0_weights() -> tuple[dict, str]:
 
 def _vgg(name: str, weights_enum) -> BackboneSpec:
     return BackboneSpec(name, "fc7 after ReLU", 4096, getattr(torchvision.models, name), _fc7,
-                        _torchvision_weights(weights_enum), IMAGENET)
+                        _torchvision_weights(weights_enum), Preprocess.of(weights_enum))
 
 
 def _resnet(name: str, weights_enum) -> BackboneSpec:
     return BackboneSpec(name, "global average pool", 2048, getattr(torchvision.models, name), _global_pool,
-                        _torchvision_weights(weights_enum), IMAGENET)
+                        _torchvision_weights(weights_enum), Preprocess.of(weights_enum))
 
 
 _tv = torchvision.models
@@ -159,8 +165,15 @@ class Backbone:
 def _file_weights(path: Path) -> tuple[dict, str]:
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged or foreign files
+        raise WeightsError(f"weights file {path} cannot be read as a state dict ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200]}); download it again") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
     return state.get("state_dict", state), f"file:{path.name}:sha256={digest}"
 
 

@@ -18,11 +18,13 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 MSVD_MAPPING = "youtube_video_to_id_mapping.txt"
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_LETTERS = r"[^\s!-/:-@\[-`{-~“”‘’]+"  # anything but space and punctuation, accents and marks included
+_WORD = re.compile(rf"{_LETTERS}(?:'{_LETTERS})?")
 
 
 class CaptionError(Exception):
@@ -30,8 +32,8 @@ class CaptionError(Exception):
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case words; punctuation is split off and dropped ("A man's dog." -> a man's dog)."""
-    return _WORD.findall(text.lower())
+    """Lower-case words; punctuation is split off and dropped ("A man’s dog." -> a man's dog)."""
+    return _WORD.findall(text.lower().replace("\u2019", "'"))
 
 
 def _add(captions: dict[str, list[str]], path: Path, where: str, video_id: str, caption) -> None:
@@ -60,8 +62,8 @@ def load_mlds_json(path: Path) -> dict[str, list[str]]:
     return captions
 
 
-def load_id_caption_csv(path: Path) -> dict[str, list[str]]:
-    captions: dict[str, list[str]] = {}
+def read_id_caption_lines(path: Path) -> Iterator[tuple[int, str, str]]:
+    """`(line number, video id, caption)` of a `video_id,caption` file (header and blank lines skipped)."""
     with path.open(encoding="utf-8", newline="") as f:
         for line_no, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
@@ -70,7 +72,13 @@ def load_id_caption_csv(path: Path) -> dict[str, list[str]]:
             if "," not in line:
                 raise CaptionError(f"{path}: line {line_no} is not 'video_id,caption': {line[:80]!r}")
             video_id, caption = line.split(",", 1)
-            _add(captions, path, f"line {line_no}", video_id.strip(), caption.strip().strip('"'))
+            yield line_no, video_id.strip(), caption.strip().strip('"')
+
+
+def load_id_caption_csv(path: Path) -> dict[str, list[str]]:
+    captions: dict[str, list[str]] = {}
+    for line_no, video_id, caption in read_id_caption_lines(path):
+        _add(captions, path, f"line {line_no}", video_id, caption)
     return captions
 
 
@@ -93,10 +101,12 @@ def load_msvd_split(path: Path) -> dict[str, list[str]]:
     if not mapping_path.is_file():
         raise CaptionError(f"{path}: an MSVD split file needs {MSVD_MAPPING} beside it to name the clips")
     clip_of = {}
-    for line in mapping_path.read_text(encoding="utf-8").splitlines():
+    for line_no, line in enumerate(mapping_path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
-            clip, vid = line.split()
-            clip_of[vid] = clip + ".avi"
+            parts = line.split()
+            if len(parts) != 2:
+                raise CaptionError(f"{mapping_path}: line {line_no} is not 'clipname vidN': {line[:80]!r}")
+            clip_of[parts[1]] = parts[0] + ".avi"
     captions: dict[str, list[str]] = {}
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

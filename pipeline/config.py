@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -58,13 +58,32 @@ def print_config(name: str, cfg: Any) -> None:
         print(f"  {key:>16} = {value}")
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write `data` as JSON atomically (temp file + rename)."""
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"))
+
+
+def resolve_device(device: str):
+    """'auto' -> CUDA when available, else CPU; anything else must be usable here."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use DEVICE=cpu or auto")
+    return resolved
 
 
 @dataclass
@@ -106,3 +125,14 @@ class EvalConfig:
     block_ngram: int = opt(0, "forbid repeating any n-gram of this size (0 = off)")
     batch: int = opt(64, "videos decoded at once")
     device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+
+
+@dataclass
+class SampleConfig:
+    sample: str = opt("data/sample", "folder to write the clips and labels into")
+    clips_per_combination: int = opt(4, "training clips per (colour, shape, motion) combination")
+    test_clips_per_combination: int = opt(3, "test clips per held-out combination")
+    held_out: int = opt(8, "combinations kept out of training: the test split")
+    frames: int = opt(32, "frames per clip")
+    size: int = opt(112, "frame width and height in pixels")
+    seed: int = opt(0, "seed for everything random")

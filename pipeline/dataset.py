@@ -25,7 +25,7 @@ class CaptionSet:
 
     ids: list[str]
     features: torch.Tensor  # (N, F, D) float32
-    tokens: torch.Tensor  # (C, T + 1) long: <bos> w1 .. wL <eos> <pad> ..
+    tokens: torch.Tensor  # (C, max_len + 2) long: <bos> w1 .. wL <eos> <pad> ..
     video_of: torch.Tensor  # (C,) long: the row of `features` each caption describes
     references: dict[str, list[str]]  # raw captions, for scoring
 

@@ -32,8 +32,7 @@ def _banned_words(history: list[int], n: int) -> list[int]:
 
 @torch.no_grad()
 def beam_search(model: S2VT, features: torch.Tensor, cfg: DecodeConfig = DecodeConfig()) -> list[list[int]]:
-    """The best caption of each video as token ids (up to and without <eos>)."""
-    model.eval()
+    """The best caption of each video as token ids (up to and without <eos>); `model` in eval mode."""
     B, K, mc = features.shape[0], cfg.beam, model.cfg
     memory, h1_words, (h, c) = model.encode(features)
     expand = torch.arange(B, device=features.device).repeat_interleave(K)  # (B*K,)

@@ -20,16 +20,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .captions import CaptionError, Vocab, load_captions, tokenize
-from .config import EvalConfig, add_config_arguments, config_from_args, print_config, write_json
+from .captions import CaptionError, Vocab, load_captions, read_id_caption_lines, tokenize
+from .checkpoint import CheckpointError, feature_problems, load_checkpoint, model_from_checkpoint
+from .config import EvalConfig, add_config_arguments, atomic_write, config_from_args, print_config, resolve_device, write_json
 from .dataset import usable_ids
 from .decoding import DecodeConfig, beam_search
-from .features import resolve_device
 from .metrics import METRIC_KEYS, score_captions
 from .model import S2VT
 from .report import write_report
 from .store import FeatureStore, StoreError
-from .training import CheckpointError, checkpoint_feature_problems, load_checkpoint, model_from_checkpoint
 
 
 class PredictionError(Exception):
@@ -43,15 +42,13 @@ def read_predictions(path: str | Path) -> dict[str, str]:
         raise PredictionError(f"{path}: no such captions file")
     predictions: dict[str, str] = {}
     duplicates = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if "," not in line:
-            raise PredictionError(f"{path}: line {line_no} is not 'video_id,caption': {line[:80]!r}")
-        vid, caption = (part.strip() for part in line.split(",", 1))
-        if vid in predictions:
-            duplicates.append(vid)
-        predictions[vid] = caption
+    try:
+        for _, vid, caption in read_id_caption_lines(path):
+            if vid in predictions:
+                duplicates.append(vid)
+            predictions[vid] = caption
+    except CaptionError as exc:
+        raise PredictionError(str(exc)) from None
     if duplicates:
         raise PredictionError(f"{path}: {len(duplicates)} ids appear more than once, e.g. {duplicates[:3]}")
     return predictions
@@ -110,10 +107,14 @@ def most_frequent_caption(captions: dict[str, list[str]]) -> str:
     return counts.most_common(1)[0][0]
 
 
+def decode_config(cfg: EvalConfig) -> DecodeConfig:
+    return DecodeConfig(cfg.beam, cfg.length_penalty, cfg.block_ngram)
+
+
 def caption_videos(model: S2VT, vocab: Vocab, store: FeatureStore, ids: list[str], cfg: EvalConfig,
                    device: torch.device) -> dict[str, str]:
     model.to(device).eval()
-    decode = DecodeConfig(cfg.beam, cfg.length_penalty, cfg.block_ngram)
+    decode = decode_config(cfg)
     captions = {}
     for i in tqdm(range(0, len(ids), cfg.batch), desc="captions", unit="batch", disable=len(ids) <= cfg.batch):
         chunk = ids[i:i + cfg.batch]
@@ -126,7 +127,7 @@ def caption_videos(model: S2VT, vocab: Vocab, store: FeatureStore, ids: list[str
 def load_run(cfg: EvalConfig) -> tuple[dict, S2VT, Vocab, FeatureStore]:
     checkpoint = load_checkpoint(Path(cfg.run) / cfg.checkpoint)
     store = FeatureStore(cfg.features)
-    problems = checkpoint_feature_problems(checkpoint, store)
+    problems = feature_problems(checkpoint, store)
     if problems:
         raise CheckpointError(f"{Path(cfg.run) / cfg.checkpoint} does not fit {cfg.features}:\n  " +
                               "\n  ".join(problems))
@@ -135,9 +136,8 @@ def load_run(cfg: EvalConfig) -> tuple[dict, S2VT, Vocab, FeatureStore]:
 
 
 def write_captions(path: Path, captions: dict[str, str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{vid},{caption}\n" for vid, caption in captions.items()), encoding="utf-8")
-    tmp.replace(path)
+    text = "".join(f"{vid},{caption}\n" for vid, caption in captions.items())
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def evaluate_run(cfg: EvalConfig) -> dict:
@@ -157,7 +157,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
         raise CaptionError(f"the baseline needs the training labels ({exc}); pass --train-labels") from None
     scores["baseline"] = {**score_captions({vid: baseline_caption for vid in ids}, references),
                           "caption": baseline_caption}
-    scores["decoding"] = asdict(DecodeConfig(cfg.beam, cfg.length_penalty, cfg.block_ngram))
+    scores["decoding"] = asdict(decode_config(cfg))
     scores["checkpoint"] = {"file": str(run / cfg.checkpoint), "epoch": checkpoint["epoch"]}
     write_json(run / "scores.json", scores)
     write_json(run / "eval_config.json", asdict(cfg))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -28,9 +29,9 @@ import torch
 from tqdm import tqdm
 
 from .backbones import Backbone, WeightsError, load_backbone
-from .config import ExtractConfig, add_config_arguments, config_from_args, print_config, write_json
+from .config import ExtractConfig, add_config_arguments, config_from_args, print_config, resolve_device, write_json
 from .store import FeatureStore, StoreError, StoreSettings
-from .video import VIDEO_EXTENSIONS, Clip, VideoError, read_clip
+from .video import BACKENDS, VIDEO_EXTENSIONS, Clip, VideoError, read_clip
 
 DECODE_AHEAD = 2  # clips decoded ahead of the backbone
 
@@ -69,12 +70,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def store_settings(backbone: Backbone, cfg: ExtractConfig) -> StoreSettings:
     return StoreSettings(backbone=backbone.spec.name, layer=backbone.spec.layer,
                          feature_dim=backbone.spec.feature_dim, weights=backbone.weights,
@@ -100,25 +95,41 @@ def encode_clip(backbone: Backbone, clip: Clip, batch: int, device: torch.device
     return torch.cat(chunks).numpy()[inverse]  # (U, D) -> (F, D)
 
 
+def _read(path: Path, cfg: ExtractConfig) -> tuple[os.stat_result, Clip]:
+    """The file's size and mtime as they were before decoding, and the decoded clip."""
+    stat = path.stat()
+    return stat, read_clip(path, cfg.frames, cfg.decoder)
+
+
 def _decoded(paths: list[Path], cfg: ExtractConfig, pool: ThreadPoolExecutor) -> Iterator[tuple[Path, object]]:
-    """Yield `(path, Clip or the exception it raised)`, decoding ahead in `pool`."""
+    """Yield `(path, (stat, Clip) or the exception it raised)`, decoding ahead in `pool`."""
     queue = iter(paths)
-    pending = deque((p, pool.submit(read_clip, p, cfg.frames, cfg.decoder)) for p in islice(queue, DECODE_AHEAD))
+    pending = deque((p, pool.submit(_read, p, cfg)) for p in islice(queue, DECODE_AHEAD))
     while pending:
         path, future = pending.popleft()
         following = next(queue, None)
         if following is not None:
-            pending.append((following, pool.submit(read_clip, following, cfg.frames, cfg.decoder)))
+            pending.append((following, pool.submit(_read, following, cfg)))
         try:
             yield path, future.result()
         except Exception as exc:  # recorded as this clip's failure; the run goes on
             yield path, exc
 
 
-def _source_attrs(path: Path, clip: Clip) -> dict:
-    stat = path.stat()
+def _source_attrs(stat: os.stat_result, clip: Clip) -> dict:
     return {"source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns, "n_frames": clip.n_frames,
             "fps": clip.fps, "indices": clip.indices, "decoder": clip.backend}
+
+
+def check_options(cfg: ExtractConfig) -> torch.device:
+    """Refuse bad options before anything is written; returns the device to use."""
+    if cfg.decoder not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown decoder {cfg.decoder!r}; known: auto, {', '.join(BACKENDS)}")
+    if cfg.dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be float32 or float16, not {cfg.dtype!r}")
+    if cfg.frames < 1 or cfg.batch < 1:
+        raise ValueError(f"frames and batch must be at least 1 (got frames={cfg.frames}, batch={cfg.batch})")
+    return resolve_device(cfg.device)
 
 
 def _reason(exc: Exception) -> str:
@@ -128,6 +139,7 @@ def _reason(exc: Exception) -> str:
 def extract(cfg: ExtractConfig) -> Summary:
     """Extract features for every new or changed clip in `cfg.raw` into `cfg.features`."""
     start = time.perf_counter()
+    device = check_options(cfg)
     videos = find_videos(cfg.raw)
     backbone = load_backbone(cfg.backbone, cfg.weights)
     store = FeatureStore.open_or_create(cfg.features, store_settings(backbone, cfg), package_versions())
@@ -139,7 +151,6 @@ def extract(cfg: ExtractConfig) -> Summary:
             summary.skipped.append(path.name)
         else:
             todo.append(path)
-    device = resolve_device(cfg.device)
     backbone.module.to(device)
     with ThreadPoolExecutor(1) as pool, tqdm(total=len(todo), unit="video", desc="features",
                                              disable=not todo) as bar:
@@ -147,12 +158,14 @@ def extract(cfg: ExtractConfig) -> Summary:
             try:
                 if isinstance(result, Exception):
                     raise result
-                store.write(path.name, encode_clip(backbone, result, cfg.batch, device),
-                            _source_attrs(path, result))
+                stat, clip = result
+                store.write(path.name, encode_clip(backbone, clip, cfg.batch, device), _source_attrs(stat, clip))
                 summary.done.append(path.name)
-                summary.frames_encoded += len(np.unique(result.indices))
+                summary.frames_encoded += len(clip.frames)
             except Exception as exc:  # a failed clip is reported, never fatal to the run
                 summary.failed.append({"file": str(path), "reason": _reason(exc)})
+                if path.name in known:  # its old features no longer describe the file
+                    store.remove(path.name)
             bar.update()
             bar.set_postfix(failed=len(summary.failed))
     summary.seconds = time.perf_counter() - start

@@ -11,9 +11,11 @@ installed; without it, tokenizing falls back to `ptb_tokenizer` (same tokens) an
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import shutil
+import subprocess
 from collections import Counter
 
 from .ptb_tokenizer import ptb_tokenize
@@ -54,8 +56,15 @@ def bleu1_per_video(predictions: dict[str, str], references: dict[str, list[str]
     return {vid: _bleu1_one(caption, references[vid]) for vid, caption in predictions.items()}
 
 
+@functools.lru_cache(maxsize=1)
 def java_available() -> bool:
-    return shutil.which("java") is not None
+    """A Java that really runs (a `java` stub without a JRE does not count)."""
+    if shutil.which("java") is None:
+        return False
+    try:
+        return subprocess.run(["java", "-version"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def _tokenized(captions: dict[str, list[str]], use_java: bool) -> dict[str, list[str]]:

@@ -1,6 +1,6 @@
 """The HTML report of an evaluation run: one file that opens offline.
 
-Reads `RUN/scores.json`, `RUN/captions.txt`, the test references, the run's plots
+Takes the scores, captions and references of an evaluation; reads the run's plots
 (`curves.png`, `schedule.png`) and, where they are found, the raw clips; writes
 `RUN/report.html`. Every image is embedded as a data URI: the scores table with the
 baseline, the training curves and the schedule, and for sampled test videos an
@@ -68,8 +68,9 @@ def _video_card(vid: str, caption: str, references: list[str], score: float, raw
     if clip and clip.is_file():
         try:
             media = f"<img alt='{html.escape(vid)}' src='{data_uri(gif_bytes(clip), 'image/gif')}'>"
-        except VideoError as exc:
-            media = f"<p class='missing'>clip unreadable: {html.escape(exc.cause)}</p>"
+        except Exception as exc:  # one unreadable clip must not cost the rest of the report
+            cause = exc.cause if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
+            media = f"<p class='missing'>clip unreadable: {html.escape(cause)}</p>"
     else:
         media = "<p class='missing'>clip not found in the raw folder</p>"
     refs = "".join(f"<li>{html.escape(r)}</li>" for r in references[:5])

@@ -42,9 +42,11 @@ class StoreSettings:
     frames: int
     dtype: str  # "float32" or "float16"
 
-    def differences(self, other: "StoreSettings") -> list[str]:
-        return [f"{f.name}: store has {getattr(self, f.name)!r}, asked for {getattr(other, f.name)!r}"
-                for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+    def differences(self, other: "StoreSettings", only: tuple[str, ...] | None = None) -> list[str]:
+        """One line per differing field (of `only`, when given): this value, then the other's."""
+        names = only or tuple(f.name for f in fields(self))
+        return [f"{name}: {getattr(self, name)!r} here, {getattr(other, name)!r} there"
+                for name in names if getattr(self, name) != getattr(other, name)]
 
 
 def _read_settings(f: h5py.File, path: Path) -> StoreSettings:
@@ -75,7 +77,7 @@ class FeatureStore:
             raise StoreError(f"{self.path}: no such feature store (run `make features` first)")
         with _open(self.path, "r") as f:
             self.settings = _read_settings(f, self.path)
-            self.info = {k: (str(v) if isinstance(v, str) else v) for k, v in f.attrs.items()}
+            self.info = dict(f.attrs)
 
     @classmethod
     def open_or_create(cls, path: str | Path, settings: StoreSettings, versions: dict) -> "FeatureStore":
@@ -88,7 +90,8 @@ class FeatureStore:
             store = cls(path)
             diff = store.settings.differences(settings)
             if diff:
-                raise StoreError(f"{path} was made with other settings ({'; '.join(diff)}); pass another "
+                raise StoreError(f"{path} was made with other settings ({'; '.join(diff)}, 'here' being the "
+                                 f"store and 'there' what was asked for); pass another "
                                  f"FEATURES path for this setting, or delete the file to rebuild it")
             return store
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -25,62 +24,31 @@ import torch
 from tqdm import tqdm
 
 from .captions import CaptionError, Vocab, load_captions
-from .config import TrainConfig, add_config_arguments, config_from_args, print_config, write_json
+from .checkpoint import CheckpointError, feature_problems, load_checkpoint, save_checkpoint
+from .config import (TrainConfig, add_config_arguments, atomic_write, config_from_args, print_config,
+                     resolve_device, write_json)
 from .dataset import CaptionSet, build_set, epoch_captions, split_ids, usable_ids
-from .features import resolve_device
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
 from .schedule import teacher_forcing
 from .store import FeatureStore, StoreError
 
-# Config fields that shape the model or its vocabulary: a run cannot resume with others.
-MODEL_FIELDS = ("hidden", "embed", "attention", "bidirectional", "max_len", "min_count")
+# Config fields that shape the model, its vocabulary or the data split: a run cannot resume with others.
+FIXED_FIELDS = ("hidden", "embed", "attention", "bidirectional", "max_len", "min_count", "seed", "val_fraction")
 METRICS = ("epoch", "train_loss", "val_loss", "val_bleu", "teacher_forcing", "lr", "seconds")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used here; the message names the file and what differs."""
-
-
-def save_checkpoint(path: Path, checkpoint: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(checkpoint, tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint (train a run first with `make train`)") from None
-    except Exception as exc:  # torch raises several types for damaged or foreign files
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-
-
-def model_from_checkpoint(checkpoint: dict) -> tuple[S2VT, Vocab]:
-    model = S2VT(S2VTConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), Vocab.from_dict(checkpoint["vocab"])
 
 
 def check_resumable(checkpoint: dict, cfg: TrainConfig, vocab: Vocab, store: FeatureStore, path: Path) -> None:
     """Refuse a checkpoint made for other features, another vocabulary or another model shape."""
     problems = [f"{f}: checkpoint has {checkpoint['train_config'][f]!r}, asked for {getattr(cfg, f)!r}"
-                for f in MODEL_FIELDS if checkpoint["train_config"][f] != getattr(cfg, f)]
-    problems += checkpoint_feature_problems(checkpoint, store)
+                for f in FIXED_FIELDS if checkpoint["train_config"][f] != getattr(cfg, f)]
+    problems += feature_problems(checkpoint, store)
     if checkpoint["vocab"]["words"] != vocab.words:
         problems.append(f"vocabulary: checkpoint has {len(checkpoint['vocab']['words'])} words, the labels "
                         f"{cfg.labels} give {len(vocab)} (other labels or another split)")
     if problems:
         raise CheckpointError(f"{path} cannot be resumed with these settings:\n  " + "\n  ".join(problems) +
                               "\nUse another RUN folder for a new run, or the settings the run was started with.")
-
-
-def checkpoint_feature_problems(checkpoint: dict, store: FeatureStore) -> list[str]:
-    ours = checkpoint["feature_settings"]
-    theirs = asdict(store.settings)
-    return [f"features {k}: checkpoint was trained on {ours[k]!r}, {store.path} has {theirs[k]!r}"
-            for k in ("backbone", "feature_dim", "frames", "weights", "preprocessing") if ours[k] != theirs[k]]
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -140,12 +108,13 @@ def evaluate(model: S2VT, data: CaptionSet, vocab: Vocab, device: torch.device, 
 
 
 def write_metrics(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS)
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRICS)
+            writer.writeheader()
+            writer.writerows(history)
+
+    atomic_write(path, write)
 
 
 def plot_history(run: Path, history: list[dict], probs: np.ndarray) -> None:
@@ -185,6 +154,19 @@ def _lr_factor(cfg: TrainConfig):
     raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; known: none, cosine")
 
 
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def prepare(cfg: TrainConfig):
     """Load labels and features, split, and build the vocabulary (from the training split)."""
     store = FeatureStore(cfg.features)
@@ -200,7 +182,6 @@ def train(cfg: TrainConfig) -> list[dict]:
     """Train (or resume) the run in `cfg.run`; returns the metrics history."""
     run = Path(cfg.run)
     run.mkdir(parents=True, exist_ok=True)
-    write_json(run / "config.json", asdict(cfg))
     store, vocab, train_set, val_set = prepare(cfg)
     device = resolve_device(cfg.device)
     print(f"train: {len(train_set)} videos, {len(train_set.tokens)} captions; validation: "
@@ -223,8 +204,9 @@ def train(cfg: TrainConfig) -> list[dict]:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, history, best = checkpoint["epoch"], checkpoint["history"], checkpoint["best_score"]
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        print(f"resuming {last_path} after epoch {start - 1} (best validation BLEU-1 {best:.4f})")
+        _set_rng_state(checkpoint["rng"])
+        print(f"resuming {last_path} after epoch {start - 1}")
+    write_json(run / "config.json", asdict(cfg))
     if start >= cfg.epochs:
         print(f"{run} has already trained {start} epochs; pass a larger EPOCHS to continue")
         return history
@@ -246,7 +228,7 @@ def train(cfg: TrainConfig) -> list[dict]:
                       "scheduler": scheduler.state_dict(), "train_config": asdict(cfg),
                       "model_config": asdict(model_cfg), "vocab": vocab.to_dict(),
                       "feature_settings": asdict(store.settings), "epoch": epoch + 1, "best_score": best,
-                      "history": history, "rng": {"torch": torch.get_rng_state()}}
+                      "history": history, "rng": _rng_state()}
         save_checkpoint(last_path, checkpoint)
         if improved:
             save_checkpoint(best_path, checkpoint)

@@ -127,7 +127,7 @@ def _decode_pass(path: Path, backend: str, indices: np.ndarray | None):
     """Read every frame in order; keep those at `indices` (None keeps nothing).
 
     Returns `(kept, n_decoded, fps)`, `kept` mapping frame number to RGB frame.
-    A frame that fails to decode ends the clip there.
+    A frame that fails to decode ends the clip there, on every pass alike.
     """
     reader = _open(path, backend)
     wanted = set() if indices is None else set(indices.tolist())
@@ -137,8 +137,8 @@ def _decode_pass(path: Path, backend: str, indices: np.ndarray | None):
         while reader.grab():
             if n_decoded in wanted:
                 frame = reader.retrieve()
-                if frame is None:
-                    break
+                if frame is None:  # grabbed but not convertible: not a clean end of the clip
+                    raise VideoError(path, f"frame {n_decoded} was decoded but could not be converted to RGB")
                 kept[n_decoded] = frame
             n_decoded += 1
     finally:

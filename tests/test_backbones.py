@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torchvision.models import VGG16_Weights
 
 from conftest import CLIPS_DIR
@@ -24,10 +25,13 @@ def test_unknown_backbone_lists_the_known_ones():
         get_spec("alexnet")
 
 
-def test_preprocessing_matches_torchvision_weights_transforms():
+@pytest.mark.parametrize("name,weights", [
+    ("vgg16", "VGG16_Weights"), ("vgg19", "VGG19_Weights"), ("resnet50", "ResNet50_Weights"),
+    ("resnet101", "ResNet101_Weights"), ("resnet152", "ResNet152_Weights")])
+def test_preprocessing_matches_torchvision_weights_transforms(name, weights):
     frames = torch.randint(0, 256, (3, 3, 240, 320), dtype=torch.uint8)
-    ours = get_spec("vgg16").preprocess(frames)
-    theirs = VGG16_Weights.IMAGENET1K_V1.transforms()(frames)
+    ours = get_spec(name).preprocess(frames)
+    theirs = getattr(torchvision.models, weights).DEFAULT.transforms()(frames)
     assert ours.shape == (3, 3, 224, 224)
     torch.testing.assert_close(ours, theirs)
 
@@ -85,3 +89,6 @@ def test_weights_from_a_file(tmp_path):
         load_backbone("efficientnet_lite0", str(tmp_path / "wrong.pth"))
     with pytest.raises(WeightsError, match="does not exist"):
         load_backbone("efficientnet_lite0", str(tmp_path / "absent.pth"))
+    (tmp_path / "truncated.pth").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match="truncated.pth cannot be read"):
+        load_backbone("efficientnet_lite0", str(tmp_path / "truncated.pth"))

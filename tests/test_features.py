@@ -78,6 +78,27 @@ def test_failed_clips_are_reported_and_retried(tmp_path, capsys):
     assert config["config"]["backbone"] == "efficientnet_lite0" and config["summary"]["done"] == ["broken.avi"]
 
 
+def test_changed_clip_that_fails_loses_its_old_features(tmp_path):
+    raw = copy_clips(SMALL_CLIPS[:2], tmp_path / "raw")
+    store_path = tmp_path / "f.h5"
+    extract(_config(raw, store_path))
+    (raw / SMALL_CLIPS[1].name).write_bytes(b"now broken")
+    summary = extract(_config(raw, store_path))
+    assert [Path(f["file"]).name for f in summary.failed] == [SMALL_CLIPS[1].name]
+    assert FeatureStore(store_path).ids() == [SMALL_CLIPS[0].name]
+
+
+@pytest.mark.parametrize("option,value,message", [("--decoder", "ffmpeg", "unknown decoder"),
+                                                   ("--dtype", "float64", "float32 or float16"),
+                                                   ("--frames", "0", "at least 1")])
+def test_bad_options_are_refused_before_anything_is_written(tmp_path, capsys, option, value, message):
+    raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
+    args = ["--raw", str(raw), "--features", str(tmp_path / "f.h5"), "--backbone", "efficientnet_lite0",
+            "--weights", "random", option, value]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "f.h5").exists()
+
+
 def test_store_of_another_setting_is_refused(tmp_path, capsys):
     raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
     store_path = tmp_path / "f.h5"
@@ -85,7 +106,7 @@ def test_store_of_another_setting_is_refused(tmp_path, capsys):
     args = ["--raw", str(raw), "--features", str(store_path), "--backbone", "efficientnet_lite0",
             "--weights", "random", "--frames", "16"]
     assert main(args) == 2
-    assert "frames: store has 8, asked for 16" in capsys.readouterr().err
+    assert "frames: 8 here, 16 there" in capsys.readouterr().err
 
 
 def test_vgg16_gives_80_by_4096(tmp_path):

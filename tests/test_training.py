@@ -18,7 +18,8 @@ from pipeline.captions import load_captions, tokenize
 from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.features import extract
 from pipeline.schedule import inverse_sigmoid
-from pipeline.training import CheckpointError, greedy_captions, load_checkpoint, model_from_checkpoint, train
+from pipeline.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from pipeline.training import greedy_captions, train
 from pipeline.store import FeatureStore
 
 LABELS = CLIPS_DIR / "labels.json"
@@ -112,9 +113,13 @@ def test_killed_run_resumes_to_the_same_weights(clip_features, tmp_path):
 def test_checkpoint_of_another_setting_is_refused(clip_features, tmp_path):
     run = tmp_path / "run"
     train(_cfg(clip_features, run, epochs=1))
+    saved_config = (run / "config.json").read_text()
     with pytest.raises(CheckpointError, match=r"hidden: checkpoint has 32, asked for 64") as info:
         train(_cfg(clip_features, run, epochs=2, hidden=64))
     assert "last.pt" in str(info.value) and "RUN" in str(info.value)
+    assert (run / "config.json").read_text() == saved_config, "a refused resume must not touch the run"
+    with pytest.raises(CheckpointError, match=r"seed: checkpoint has 0, asked for 1"):
+        train(_cfg(clip_features, run, epochs=2, seed=1))
 
     other_labels = tmp_path / "labels.json"
     other_labels.write_text(json.dumps([{"id": p.name, "caption": ["a b c d e f"] * 3}

@@ -1,0 +1,154 @@
+"""The embedded sample dataset: synthetic captioned clips that need no download.
+
+Writes, under `SAMPLE` (default `data/sample`): `raw/*.avi` (a coloured shape
+moving over a lightly textured background), `training_label.json` and
+`testing_label.json` (MLDS JSON, 3-5 paraphrased references per clip) and
+`attributes.json` (each clip's colour, shape and motion). Some (colour, shape,
+motion) combinations never appear in training and make up the test split, so the
+test measures generalisation rather than memory. Deterministic for a seed.
+
+Also reads captions back into attributes (`parse_attributes`) to score, per
+attribute, what a model says about held-out clips (`attribute_accuracy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .captions import tokenize
+from .config import SampleConfig, add_config_arguments, config_from_args, print_config, write_json
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40)}
+SHAPES = ("circle", "square", "triangle")
+MOTIONS = ("left", "right", "up", "down")
+SHAPE_WORDS = {"circle": ("circle", "ball", "disc"), "square": ("square", "box", "block"), "triangle": ("triangle",)}
+MOTION_PHRASES = {"left": ("to the left", "left", "leftwards"), "right": ("to the right", "right", "rightwards"),
+                  "up": ("up", "upwards", "upward"), "down": ("down", "downwards", "downward")}
+TEMPLATES = ("a {colour} {shape} is moving {motion}", "a {colour} {shape} moves {motion}",
+             "the {colour} {shape} goes {motion}", "a {colour} {shape} is sliding {motion}",
+             "there is a {colour} {shape} moving {motion}")
+
+
+def held_out_combinations(n: int, rng: np.random.Generator) -> list[tuple[str, str, str]]:
+    """`n` combinations whose every colour, shape and motion still appears in training."""
+    combos = list(itertools.product(COLOURS, SHAPES, MOTIONS))
+    while True:
+        chosen = [combos[i] for i in rng.choice(len(combos), n, replace=False)]
+        rest = set(combos) - set(chosen)
+        if all({c[k] for c in rest} == set(v) for k, v in enumerate((COLOURS, SHAPES, MOTIONS))):
+            return sorted(chosen)
+
+
+def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+    noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), size / 16)
+    noise = noise / (np.abs(noise).max() + 1e-6)
+    base = rng.uniform(150, 200) + 18 * noise  # light grey with a soft texture
+    tint = rng.uniform(-8, 8, 3)
+    return np.clip(base[..., None] + tint, 0, 255).astype(np.uint8)  # (size, size, 3) RGB
+
+
+def _draw(frame: np.ndarray, shape: str, centre: tuple[float, float], radius: float, colour) -> None:
+    x, y, r = int(round(centre[0])), int(round(centre[1])), int(round(radius))
+    bgr = tuple(int(v) for v in colour[::-1])
+    if shape == "circle":
+        cv2.circle(frame, (x, y), r, bgr, -1, cv2.LINE_AA)
+    elif shape == "square":
+        cv2.rectangle(frame, (x - r, y - r), (x + r, y + r), bgr, -1, cv2.LINE_AA)
+    else:
+        points = np.array([[x, y - r], [x - r, y + r], [x + r, y + r]], np.int32)
+        cv2.fillPoly(frame, [points], bgr, cv2.LINE_AA)
+
+
+def render_clip(path: Path, colour: str, shape: str, motion: str, cfg: SampleConfig,
+                rng: np.random.Generator) -> None:
+    """Write one clip: the shape crosses most of the frame in the direction `motion`."""
+    size = cfg.size
+    radius = rng.uniform(0.10, 0.15) * size
+    lo, hi = radius + 2, size - radius - 2
+    start, end = rng.uniform(lo, lo + 0.1 * size), rng.uniform(hi - 0.1 * size, hi)
+    across = rng.uniform(0.3 * size, 0.7 * size)
+    forward = motion in ("right", "down")
+    path_pos = np.linspace(start, end, cfg.frames) if forward else np.linspace(end, start, cfg.frames)
+    background = cv2.cvtColor(_background(size, rng), cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 16, (size, size))
+    for pos in path_pos:
+        frame = background.copy()
+        centre = (pos, across) if motion in ("left", "right") else (across, pos)
+        _draw(frame, shape, centre, radius, COLOURS[colour])
+        writer.write(frame)
+    writer.release()
+
+
+def references(colour: str, shape: str, motion: str, rng: np.random.Generator) -> list[str]:
+    """3-5 paraphrases of what happens in the clip."""
+    n = int(rng.integers(3, 6))
+    templates = rng.choice(len(TEMPLATES), n, replace=False)
+    return [TEMPLATES[t].format(colour=colour, shape=rng.choice(SHAPE_WORDS[shape]),
+                                motion=rng.choice(MOTION_PHRASES[motion])) for t in templates]
+
+
+def generate(cfg: SampleConfig) -> dict[str, Path]:
+    """Write the whole sample set; returns the paths of what it wrote."""
+    rng = np.random.default_rng(cfg.seed)
+    root = Path(cfg.sample)
+    raw = root / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    test_combos = set(held_out_combinations(cfg.held_out, rng))
+    plan = [(combo, combo in test_combos, k) for combo in itertools.product(COLOURS, SHAPES, MOTIONS)
+            for k in range(cfg.test_clips_per_combination if combo in test_combos else cfg.clips_per_combination)]
+    labels = {"train": [], "test": []}
+    attributes = {}
+    for (colour, shape, motion), is_test, k in tqdm(plan, desc="sample clips", unit="clip"):
+        vid = f"{colour}_{shape}_{motion}_{k:02d}.avi"
+        render_clip(raw / vid, colour, shape, motion, cfg, rng)
+        labels["test" if is_test else "train"].append({"id": vid, "caption": references(colour, shape, motion, rng)})
+        attributes[vid] = {"colour": colour, "shape": shape, "motion": motion}
+    out = {"raw": raw, "train": root / "training_label.json", "test": root / "testing_label.json",
+           "attributes": root / "attributes.json"}
+    write_json(out["train"], labels["train"])
+    write_json(out["test"], labels["test"])
+    write_json(out["attributes"], attributes)
+    write_json(root / "config.json", asdict(cfg) | {"held_out": sorted(map(list, test_combos))})
+    return out
+
+
+def parse_attributes(caption: str) -> dict[str, str | None]:
+    """Colour, shape and motion named in a caption (None where it names none)."""
+    words = set(tokenize(caption))
+    found = {}
+    for name, vocabulary in (("colour", {c: (c,) for c in COLOURS}), ("shape", SHAPE_WORDS),
+                             ("motion", {m: tuple(w for p in ps for w in p.split() if w not in ("to", "the"))
+                                         for m, ps in MOTION_PHRASES.items()})):
+        named = [value for value, synonyms in vocabulary.items() if words & set(synonyms)]
+        found[name] = named[0] if len(named) == 1 else None
+    return found
+
+
+def attribute_accuracy(captions: dict[str, str], truth: dict[str, dict]) -> dict[str, float]:
+    """Share of `captions` naming the right colour, shape, motion, and all three."""
+    hits = {"colour": 0, "shape": 0, "motion": 0, "all": 0}
+    for vid, caption in captions.items():
+        said = parse_attributes(caption)
+        right = {k: said[k] == truth[vid][k] for k in ("colour", "shape", "motion")}
+        for k, ok in right.items():
+            hits[k] += ok
+        hits["all"] += all(right.values())
+    return {k: v / len(captions) for k, v in hits.items()} if captions else {k: 0.0 for k in hits}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate the embedded sample dataset (make sample).")
+    add_config_arguments(parser, SampleConfig)
+    cfg = config_from_args(SampleConfig, parser.parse_args(argv))
+    print_config("sample", cfg)
+    out = generate(cfg)
+    print(f"clips: {out['raw']}\nlabels: {out['train']}, {out['test']}\nattributes: {out['attributes']}")
+    return 0
