@@ -16,13 +16,20 @@ TRAIN_ARGS ?=
 TEST_LABELS ?= data/testing_label.json
 BEAM     ?= 5
 EVAL_ARGS ?=
+SAMPLE   ?= data/sample
+DEMO_RUN ?= runs/demo
+DEMO_CLIPS ?= 4
+DEMO_FRAMES ?= 16
+DEMO_EPOCHS ?= 30
+DEMO_TRAIN_ARGS ?= --hidden 256 --embed 128 --dropout 0.3 --captions-per-epoch all --schedule constant --val-fraction 0 --motion 4
+VIDEO    ?=
 
 VENV := .venv
 PY   := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test features train eval captions clean-venv
+.PHONY: help setup test features train eval captions caption sample demo clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +64,22 @@ eval: setup ## caption the test videos with RUN/best.pt, score them against TEST
 
 captions: setup ## caption every video in FEATURES with RUN/best.pt into RUN/captions_all.txt
 	$(PY) evaluate.py --all --run $(RUN) --features $(FEATURES) --beam $(BEAM) --device $(DEVICE) $(EVAL_ARGS)
+
+caption: setup ## caption the video file(s) VIDEO="a.avi b.mp4" with RUN/best.pt
+	$(PY) caption.py $(VIDEO) --run $(RUN) --beam $(BEAM) --device $(DEVICE)
+
+sample: setup ## generate the embedded sample dataset (synthetic captioned clips) into SAMPLE
+	$(PY) sample.py --sample $(SAMPLE) --clips-per-combination $(DEMO_CLIPS)
+
+DEMO_FEATURES = $(SAMPLE)/features/efficientnet_lite0_$(DEMO_FRAMES).h5
+demo: sample ## the whole chain on the sample set: features, train, eval -> DEMO_RUN/report.html
+	$(MAKE) --no-print-directory features RAW=$(SAMPLE)/raw FEATURES=$(DEMO_FEATURES) \
+		BACKBONE=efficientnet_lite0 FRAMES=$(DEMO_FRAMES) WEIGHTS=imagenet BATCH=
+	$(MAKE) --no-print-directory train FEATURES=$(DEMO_FEATURES) LABELS=$(SAMPLE)/training_label.json \
+		RUN=$(DEMO_RUN) EPOCHS=$(DEMO_EPOCHS) BATCH=32 TRAIN_ARGS="$(DEMO_TRAIN_ARGS)"
+	$(MAKE) --no-print-directory eval FEATURES=$(DEMO_FEATURES) TEST_LABELS=$(SAMPLE)/testing_label.json \
+		RUN=$(DEMO_RUN) RAW=$(SAMPLE)/raw EVAL_ARGS="--attributes $(SAMPLE)/attributes.json"
+	@echo "demo finished: scores in $(DEMO_RUN)/scores.json, report in $(DEMO_RUN)/report.html"
 
 clean-venv: ## remove the virtual environment
 	rm -rf $(VENV)

@@ -100,6 +100,7 @@ class TrainConfig:
     dropout: float = opt(0.3, "dropout on frame projections, embeddings and the output layer")
     attention: str = opt("none", "'none' (plain S2VT), 'luong' or 'bahdanau'")
     bidirectional: bool = opt(False, "bidirectional first LSTM")
+    motion: float = opt(0.0, "weight of a motion stream (features minus the first frame's) beside the features; 0 = off")
     schedule: str = opt("inverse_sigmoid", "teacher forcing per epoch: inverse_sigmoid (the seed's), constant, linear")
     captions_per_epoch: str = opt("one", "'one' random caption per video each epoch (the seed's way), or 'all'")
     max_len: int = opt(20, "words kept per caption (longer ones are cut)")
@@ -120,6 +121,8 @@ class EvalConfig:
     train_labels: str = opt("", "training labels for the constant-caption baseline (default: the run's own)")
     raw: str = opt("data/raw", "folder of the raw clips, for the report's GIFs (missing clips are noted)")
     report_videos: int = opt(8, "test videos shown in the report")
+    attributes: str = opt("", "JSON of each test clip's colour, shape and motion (the sample set's): adds "
+                              "per-attribute accuracy to the scores")
     beam: int = opt(5, "beam size (1 = greedy)")
     length_penalty: float = opt(0.0, "beam length penalty alpha: ((5 + length) / 6) ** alpha")
     block_ngram: int = opt(0, "forbid repeating any n-gram of this size (0 = off)")

@@ -11,6 +11,7 @@ captions file against references, with no model.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from collections import Counter
@@ -98,6 +99,8 @@ def format_scores(scores: dict) -> str:
     lines.append(f"{scores['n_videos']} videos" + (f"; baseline caption: \"{baseline['caption']}\"" if baseline else ""))
     if scores["meteor"] is None:
         lines.append("METEOR needs Java (not found): reported as unavailable")
+    if "attributes" in scores:
+        lines.append("attribute accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in scores["attributes"].items()))
     return "\n".join(lines)
 
 
@@ -157,6 +160,11 @@ def evaluate_run(cfg: EvalConfig) -> dict:
         raise CaptionError(f"the baseline needs the training labels ({exc}); pass --train-labels") from None
     scores["baseline"] = {**score_captions({vid: baseline_caption for vid in ids}, references),
                           "caption": baseline_caption}
+    if cfg.attributes:
+        from .sample import attribute_accuracy
+
+        truth = json.loads(Path(cfg.attributes).read_text())
+        scores["attributes"] = attribute_accuracy(captions, truth)
     scores["decoding"] = asdict(decode_config(cfg))
     scores["checkpoint"] = {"file": str(run / cfg.checkpoint), "epoch": checkpoint["epoch"]}
     write_json(run / "scores.json", scores)

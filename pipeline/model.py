@@ -7,7 +7,9 @@ first-LSTM output], and decoding starts after the last frame.
 
 Variants (by config): attention over the first LSTM's frame outputs, Luong's
 "general" score on the output side or Bahdanau's additive score feeding the
-second LSTM's input; and a bidirectional first LSTM. The first LSTM and the
+second LSTM's input; a bidirectional first LSTM; and a motion stream (each
+frame's features minus the first frame's, beside the features themselves), a
+cheap stand-in for the optical-flow stream of the S2VT paper. The first LSTM and the
 frame steps of the second never depend on the words, so they run as fused
 `nn.LSTM` calls; only the decoding steps of the second layer loop, and only for
 scheduled sampling, Bahdanau attention and generation.
@@ -34,6 +36,7 @@ class S2VTConfig:
     dropout: float = 0.3  # on projected frames, word embeddings and the output layer's input
     attention: str = "none"  # none | luong | bahdanau
     bidirectional: bool = False  # a bidirectional first LSTM
+    motion: float = 0.0  # weight of the motion stream (features minus the first frame's); 0 = off
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
@@ -50,7 +53,7 @@ class S2VT(nn.Module):
             raise ValueError(f"unknown attention {cfg.attention!r}; known: {', '.join(ATTENTIONS)}")
         self.cfg = cfg
         enc = cfg.hidden * (2 if cfg.bidirectional else 1)  # first-LSTM output size
-        self.frame_proj = nn.Linear(cfg.feature_dim, cfg.hidden)
+        self.frame_proj = nn.Linear(cfg.feature_dim * (2 if cfg.motion else 1), cfg.hidden)
         self.encoder = nn.LSTM(cfg.hidden, cfg.hidden, batch_first=True, bidirectional=cfg.bidirectional)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed, padding_idx=cfg.pad_id)
         context = enc if cfg.attention == "bahdanau" else 0
@@ -73,6 +76,8 @@ class S2VT(nn.Module):
         state after the frame steps.
         """
         B, n_frames, _ = features.shape
+        if self.cfg.motion:  # appearance and how it changed since the first frame, a cheap flow stream
+            features = torch.cat([features, self.cfg.motion * (features - features[:, :1])], dim=-1)  # (B, F, 2D)
         frames = self.drop(self.frame_proj(features))  # (B, F, H)
         padding = frames.new_zeros(B, self.cfg.steps, frames.shape[-1])  # (B, T, H)
         h1, _ = self.encoder(torch.cat([frames, padding], dim=1))  # (B, F + T, E)

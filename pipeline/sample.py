@@ -97,9 +97,14 @@ def references(colour: str, shape: str, motion: str, rng: np.random.Generator) -
 
 def generate(cfg: SampleConfig) -> dict[str, Path]:
     """Write the whole sample set; returns the paths of what it wrote."""
-    rng = np.random.default_rng(cfg.seed)
     root = Path(cfg.sample)
     raw = root / "raw"
+    out = {"raw": raw, "train": root / "training_label.json", "test": root / "testing_label.json",
+           "attributes": root / "attributes.json"}
+    if _already_generated(root, cfg, out):
+        print(f"{root} already holds this sample set; nothing to generate")
+        return out
+    rng = np.random.default_rng(cfg.seed)
     raw.mkdir(parents=True, exist_ok=True)
     test_combos = set(held_out_combinations(cfg.held_out, rng))
     plan = [(combo, combo in test_combos, k) for combo in itertools.product(COLOURS, SHAPES, MOTIONS)
@@ -111,13 +116,22 @@ def generate(cfg: SampleConfig) -> dict[str, Path]:
         render_clip(raw / vid, colour, shape, motion, cfg, rng)
         labels["test" if is_test else "train"].append({"id": vid, "caption": references(colour, shape, motion, rng)})
         attributes[vid] = {"colour": colour, "shape": shape, "motion": motion}
-    out = {"raw": raw, "train": root / "training_label.json", "test": root / "testing_label.json",
-           "attributes": root / "attributes.json"}
     write_json(out["train"], labels["train"])
     write_json(out["test"], labels["test"])
     write_json(out["attributes"], attributes)
-    write_json(root / "config.json", asdict(cfg) | {"held_out": sorted(map(list, test_combos))})
+    write_json(root / "config.json", asdict(cfg) | {"held_out_combinations": sorted(map(list, test_combos))})
     return out
+
+
+def _already_generated(root: Path, cfg: SampleConfig, out: dict[str, Path]) -> bool:
+    """True when `root` holds a complete set made with `cfg` (so clips keep their mtimes)."""
+    config = root / "config.json"
+    if not config.is_file() or not all(p.exists() for p in out.values()):
+        return False
+    made_with = json.loads(config.read_text())
+    made_with.pop("held_out_combinations", None)
+    n_clips = len(json.loads(out["attributes"].read_text()))
+    return made_with == asdict(cfg) and len(list(out["raw"].glob("*.avi"))) == n_clips
 
 
 def parse_attributes(caption: str) -> dict[str, str | None]:

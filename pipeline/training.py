@@ -34,7 +34,8 @@ from .schedule import teacher_forcing
 from .store import FeatureStore, StoreError
 
 # Config fields that shape the model, its vocabulary or the data split: a run cannot resume with others.
-FIXED_FIELDS = ("hidden", "embed", "attention", "bidirectional", "max_len", "min_count", "seed", "val_fraction")
+FIXED_FIELDS = ("hidden", "embed", "attention", "bidirectional", "motion", "max_len", "min_count", "seed",
+                "val_fraction")
 METRICS = ("epoch", "train_loss", "val_loss", "val_bleu", "teacher_forcing", "lr", "seconds")
 
 
@@ -191,7 +192,7 @@ def train(cfg: TrainConfig) -> list[dict]:
     torch.manual_seed(cfg.seed)
     model_cfg = S2VTConfig(feature_dim=store.feature_dim, vocab_size=len(vocab), max_len=cfg.max_len,
                            hidden=cfg.hidden, embed=cfg.embed, dropout=cfg.dropout, attention=cfg.attention,
-                           bidirectional=cfg.bidirectional)
+                           bidirectional=cfg.bidirectional, motion=cfg.motion)
     model = S2VT(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))

@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.config import ExtractConfig
+from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.features import extract
+from pipeline.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -63,3 +64,13 @@ def clip_features(tmp_path_factory) -> Path:
                                     weights="imagenet", frames=16))
     assert len(summary.done) == 8
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(clip_features, tmp_path_factory):
+    """A small run trained on `clip_features` until it mostly reproduces their captions."""
+    run = tmp_path_factory.mktemp("run")
+    train(TrainConfig(features=str(clip_features), labels=str(CLIPS_DIR / "labels.json"), run=str(run), epochs=25,
+                      hidden=64, embed=64, batch_size=32, captions_per_epoch="all", schedule="constant", val_fraction=0,
+                      dropout=0.0, lr=3e-3))
+    return run

@@ -8,21 +8,10 @@ import subprocess
 import pytest
 
 from conftest import CLIPS_DIR, ROOT, SHARED, run_script
-from pipeline.config import TrainConfig
 from pipeline.metrics import METRIC_KEYS
-from pipeline.training import train
 
 MLDS = SHARED / "msvd-mlds"
 LABELS = CLIPS_DIR / "labels.json"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(clip_features, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    train(TrainConfig(features=str(clip_features), labels=str(LABELS), run=str(run), epochs=25, hidden=64,
-                      embed=64, batch_size=32, captions_per_epoch="all", schedule="constant", val_fraction=0,
-                      dropout=0.0, lr=3e-3))
-    return run
 
 
 def _score(*args):

@@ -9,7 +9,8 @@ from pipeline.model import S2VT, S2VTConfig, masked_loss
 
 VARIANTS = {"s2vt": {}, "luong": {"attention": "luong"}, "bahdanau": {"attention": "bahdanau"},
             "bidirectional": {"bidirectional": True}, "bidirectional-luong": {"bidirectional": True,
-                                                                                "attention": "luong"}}
+                                                                                "attention": "luong"},
+            "motion": {"motion": 4.0}}
 
 
 def _model(**kw) -> S2VT:

@@ -1,0 +1,68 @@
+"""The newcomer's path: make demo (reduced), new clips dropped in, caption.py on files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+from conftest import CLIPS_DIR, ROOT, SMALL_CLIPS, copy_clips, run_script, write_index_video
+from pipeline.config import TrainConfig
+from pipeline.training import train
+
+
+def _make(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_make_demo_smoke(tmp_path):
+    sample, run = tmp_path / "sample", tmp_path / "demo"
+    proc = _make("demo", f"SAMPLE={sample}", f"DEMO_RUN={run}", "DEMO_CLIPS=1", "DEMO_FRAMES=4", "DEMO_EPOCHS=2",
+                 "DEMO_TRAIN_ARGS=--hidden 32 --embed 32 --captions-per-epoch all --val-fraction 0 --motion 4")
+    out = proc.stdout
+    for stage in ("sample config", "extract_features config", "train config", "evaluate config", "demo finished"):
+        assert stage in out, stage
+    scores = json.loads((run / "scores.json").read_text())
+    assert {"bleu4", "cider", "baseline", "attributes"} <= set(scores)
+    assert set(scores["attributes"]) == {"colour", "shape", "motion", "all"}
+    assert (run / "report.html").read_text().count("data:image/gif;base64,") == 8
+    again = _make("demo", f"SAMPLE={sample}", f"DEMO_RUN={run}", "DEMO_CLIPS=1", "DEMO_FRAMES=4", "DEMO_EPOCHS=2",
+                  "DEMO_TRAIN_ARGS=--hidden 32 --embed 32 --captions-per-epoch all --val-fraction 0 --motion 4")
+    assert "already holds this sample set" in again.stdout and "done 0, skipped 64" in again.stdout
+
+
+def test_new_clips_dropped_in_are_extracted_and_captioned(tmp_path):
+    raw, store, run = tmp_path / "raw", tmp_path / "f.h5", tmp_path / "run"
+    copy_clips(SMALL_CLIPS[:2], raw)
+    common = [f"RAW={raw}", f"FEATURES={store}", "BACKBONE=efficientnet_lite0", "WEIGHTS=random", "FRAMES=8"]
+    _make("features", *common)
+    train(TrainConfig(features=str(store), labels=str(CLIPS_DIR / "labels.json"), run=str(run), epochs=1,
+                      hidden=16, embed=16, val_fraction=0))
+    shutil.copy2(SMALL_CLIPS[2], raw / SMALL_CLIPS[2].name)
+    write_index_video(raw / "synthetic clip.mkv", 20)  # another container: its id is its file name
+    assert "done 2, skipped 2" in _make("features", *common).stdout
+    _make("captions", f"RUN={run}", f"FEATURES={store}", "BEAM=1")
+    captioned = [line.split(",")[0] for line in (run / "captions_all.txt").read_text().splitlines()]
+    assert sorted(captioned) == sorted([p.name for p in SMALL_CLIPS[:3]] + ["synthetic clip.mkv"])
+
+
+def test_caption_py_on_files_with_a_bad_one(tiny_run, clip_features, tmp_path):
+    bad = tmp_path / "broken.avi"
+    bad.write_bytes(b"not a video")
+    good = [CLIPS_DIR / "TZ860P4iTaM_15_28.avi", CLIPS_DIR / "qvg9eM4Hmzk_4_10.avi"]
+    proc = run_script("caption.py", str(good[0]), str(bad), str(good[1]), "--run", str(tiny_run), "--beam", "1")
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert [line.split(",")[0] for line in lines] == [p.name for p in good]
+    assert "broken.avi" in proc.stderr and "cannot be opened" in proc.stderr
+    # the same sampler, backbone and weights as the stored features: the same captions as make captions
+    _make("captions", f"RUN={tiny_run}", f"FEATURES={clip_features}", "BEAM=1")
+    stored = dict(line.split(",", 1) for line in (tiny_run / "captions_all.txt").read_text().splitlines())
+    assert all(stored[vid] == caption for vid, caption in (line.split(",", 1) for line in lines))
+
+
+def test_make_caption_target(tiny_run):
+    proc = _make("caption", f"VIDEO={CLIPS_DIR / 'ufFT2BWh3BQ_0_8.avi'}", f"RUN={tiny_run}", "BEAM=1")
+    assert proc.stdout.strip().splitlines()[-1].startswith("ufFT2BWh3BQ_0_8.avi,")
