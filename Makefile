@@ -18,10 +18,10 @@ BEAM     ?= 5
 EVAL_ARGS ?=
 SAMPLE   ?= data/sample
 DEMO_RUN ?= runs/demo
-DEMO_CLIPS ?= 4
+DEMO_CLIPS ?= 8
 DEMO_FRAMES ?= 16
 DEMO_EPOCHS ?= 30
-DEMO_TRAIN_ARGS ?= --hidden 256 --embed 128 --dropout 0.3 --captions-per-epoch all --schedule constant --val-fraction 0 --motion 4
+DEMO_TRAIN_ARGS ?= --hidden 256 --embed 128 --dropout 0.5 --captions-per-epoch all --schedule constant --val-fraction 0 --motion 4
 VIDEO    ?=
 
 VENV := .venv

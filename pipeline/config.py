@@ -52,6 +52,15 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
+def parse_config(cls: type[T], name: str, description: str, argv: list[str] | None) -> T:
+    """A stage's config from its command line (one option per field), printed before the stage runs."""
+    parser = argparse.ArgumentParser(description=description)
+    add_config_arguments(parser, cls)
+    cfg = config_from_args(cls, parser.parse_args(argv))
+    print_config(name, cfg)
+    return cfg
+
+
 def print_config(name: str, cfg: Any) -> None:
     print(f"{name} config:")
     for key, value in dataclasses.asdict(cfg).items():

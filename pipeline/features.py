@@ -10,7 +10,6 @@ backbone encodes the previous one.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -29,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .backbones import Backbone, WeightsError, load_backbone
-from .config import ExtractConfig, add_config_arguments, config_from_args, print_config, resolve_device, write_json
+from .config import ExtractConfig, parse_config, resolve_device, write_json
 from .store import FeatureStore, StoreError, StoreSettings
 from .video import BACKENDS, VIDEO_EXTENSIONS, Clip, VideoError, read_clip
 
@@ -178,12 +177,9 @@ def _outputs(features: str) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Extract per-frame CNN features of every clip in a folder into an HDF5 store. "
-                    "Only clips that are new or changed since the last run are processed.")
-    add_config_arguments(parser, ExtractConfig)
-    cfg = config_from_args(ExtractConfig, parser.parse_args(argv))
-    print_config("extract_features", cfg)
+    cfg = parse_config(ExtractConfig, "extract_features",
+                       "Extract per-frame CNN features of every clip in a folder into an HDF5 store. "
+                       "Only clips that are new or changed since the last run are processed.", argv)
     try:
         summary = extract(cfg)
     except (WeightsError, StoreError, FileNotFoundError, ValueError) as exc:

@@ -13,7 +13,6 @@ attribute, what a model says about held-out clips (`attribute_accuracy`).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from dataclasses import asdict
@@ -24,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .captions import tokenize
-from .config import SampleConfig, add_config_arguments, config_from_args, print_config, write_json
+from .config import SampleConfig, parse_config, write_json
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40)}
 SHAPES = ("circle", "square", "triangle")
@@ -159,10 +158,7 @@ def attribute_accuracy(captions: dict[str, str], truth: dict[str, dict]) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Generate the embedded sample dataset (make sample).")
-    add_config_arguments(parser, SampleConfig)
-    cfg = config_from_args(SampleConfig, parser.parse_args(argv))
-    print_config("sample", cfg)
+    cfg = parse_config(SampleConfig, "sample", "Generate the embedded sample dataset (make sample).", argv)
     out = generate(cfg)
     print(f"clips: {out['raw']}\nlabels: {out['train']}, {out['test']}\nattributes: {out['attributes']}")
     return 0

@@ -11,7 +11,6 @@ metrics history. Calling `train` again on the same run resumes from `last.pt`.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import sys
@@ -25,8 +24,7 @@ from tqdm import tqdm
 
 from .captions import CaptionError, Vocab, load_captions
 from .checkpoint import CheckpointError, feature_problems, load_checkpoint, save_checkpoint
-from .config import (TrainConfig, add_config_arguments, atomic_write, config_from_args, print_config,
-                     resolve_device, write_json)
+from .config import TrainConfig, atomic_write, parse_config, resolve_device, write_json
 from .dataset import CaptionSet, build_set, epoch_captions, split_ids, usable_ids
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
@@ -244,12 +242,9 @@ def train(cfg: TrainConfig) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Train S2VT on stored features and captions. Running it again with the same --run "
-                    "resumes from last.pt; a larger --epochs continues a finished run.")
-    add_config_arguments(parser, TrainConfig)
-    cfg = config_from_args(TrainConfig, parser.parse_args(argv))
-    print_config("train", cfg)
+    cfg = parse_config(TrainConfig, "train",
+                       "Train S2VT on stored features and captions. Running it again with the same --run "
+                       "resumes from last.pt; a larger --epochs continues a finished run.", argv)
     try:
         train(cfg)
     except (CheckpointError, StoreError, CaptionError, ValueError) as exc:
