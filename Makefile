@@ -36,7 +36,8 @@ help: ## list the targets
 	@echo "Variables: RAW=$(RAW) BACKBONE=$(BACKBONE) FRAMES=$(FRAMES) FEATURES=$(FEATURES)"
 	@echo "           WEIGHTS=$(WEIGHTS) DEVICE=$(DEVICE) BATCH=$(BATCH) DECODER=$(DECODER)"
 	@echo "           LABELS=$(LABELS) RUN=$(RUN) EPOCHS=$(EPOCHS) TRAIN_ARGS=$(TRAIN_ARGS)"
-	@echo "           TEST_LABELS=$(TEST_LABELS) BEAM=$(BEAM) EVAL_ARGS=$(EVAL_ARGS)"
+	@echo "           TEST_LABELS=$(TEST_LABELS) BEAM=$(BEAM) EVAL_ARGS=$(EVAL_ARGS) VIDEO=$(VIDEO)"
+	@echo "           SAMPLE=$(SAMPLE) DEMO_RUN=$(DEMO_RUN) DEMO_CLIPS=$(DEMO_CLIPS) DEMO_FRAMES=$(DEMO_FRAMES) DEMO_EPOCHS=$(DEMO_EPOCHS)"
 
 setup: $(STAMP) ## create .venv and install the project with its test extras (no-op when up to date)
 
