@@ -14,8 +14,10 @@ import contextlib
 import functools
 import io
 import math
+import os
 import shutil
 import subprocess
+import sys
 from collections import Counter
 
 from .ptb_tokenizer import ptb_tokenize
@@ -67,12 +69,27 @@ def java_available() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _quiet_java():
+    """Silence what pycocoevalcap's Java subprocesses print on stderr (their progress lines)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # and what pycocoevalcap prints itself
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _tokenized(captions: dict[str, list[str]], use_java: bool) -> dict[str, list[str]]:
     if not use_java:
         return {vid: [ptb_tokenize(c) for c in caps] for vid, caps in captions.items()}
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet_java():
         return PTBTokenizer().tokenize({vid: [{"caption": c} for c in caps] for vid, caps in captions.items()})
 
 
@@ -88,7 +105,7 @@ def coco_scores(predictions: dict[str, str], references: dict[str, list[str]],
     gts = _tokenized({vid: references[vid] for vid in ids}, use_java)
     res = _tokenized({vid: [predictions[vid]] for vid in ids}, use_java)
     scores: dict[str, float | None] = {}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints its internals
+    with _quiet_java():
         bleu, _ = Bleu(4).compute_score(gts, res)
         scores.update({f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)})
         scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
