@@ -109,7 +109,8 @@ class TrainConfig:
     dropout: float = opt(0.3, "dropout on frame projections, embeddings and the output layer")
     attention: str = opt("none", "'none' (plain S2VT), 'luong' or 'bahdanau'")
     bidirectional: bool = opt(False, "bidirectional first LSTM")
-    motion: float = opt(0.0, "weight of a motion stream (features minus the first frame's) beside the features; 0 = off")
+    motion: float = opt(0.0, "weight of a motion stream (features minus the first frame's) beside the "
+                             "features; 0 = off")
     schedule: str = opt("inverse_sigmoid", "teacher forcing per epoch: inverse_sigmoid (the seed's), constant, linear")
     captions_per_epoch: str = opt("one", "'one' random caption per video each epoch (the seed's way), or 'all'")
     max_len: int = opt(20, "words kept per caption (longer ones are cut)")

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from .captions import CaptionError, Vocab, load_captions, read_id_caption_lines, tokenize
 from .checkpoint import CheckpointError, feature_problems, load_checkpoint, model_from_checkpoint
-from .config import EvalConfig, add_config_arguments, atomic_write, config_from_args, print_config, resolve_device, write_json
+from .config import (EvalConfig, add_config_arguments, atomic_write, config_from_args, print_config,
+                     resolve_device, write_json)
 from .dataset import usable_ids
 from .decoding import DecodeConfig, beam_search
 from .metrics import METRIC_KEYS, score_captions
@@ -96,7 +97,8 @@ def format_scores(scores: dict) -> str:
         cells = [scores[key]] + ([baseline[key]] if baseline else [])
         lines.append(f"{key:<11}" + "".join(f"{'n/a' if v is None else f'{v:.4f}':>{w}}"
                                            for v, w in zip(cells, (9, 10))))
-    lines.append(f"{scores['n_videos']} videos" + (f"; baseline caption: \"{baseline['caption']}\"" if baseline else ""))
+    baseline_note = f"; baseline caption: \"{baseline['caption']}\"" if baseline else ""
+    lines.append(f"{scores['n_videos']} videos{baseline_note}")
     if scores["meteor"] is None:
         lines.append("METEOR needs Java (not found): reported as unavailable")
     if "attributes" in scores:
@@ -189,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(--predictions P.txt --references R.json [--out scores.json]).")
     parser.add_argument("--predictions", help="a video_id,caption file to score against --references")
     parser.add_argument("--out", help="with --predictions: write the scores JSON here")
-    parser.add_argument("--all", action="store_true", help="caption every video in --features into RUN/captions_all.txt")
+    parser.add_argument("--all", action="store_true",
+                        help="caption every video in --features into RUN/captions_all.txt")
     add_config_arguments(parser, EvalConfig)
     args = parser.parse_args(argv)
     cfg = config_from_args(EvalConfig, args)

@@ -106,7 +106,8 @@ def write_report(run: str | Path, scores: dict, captions: dict[str, str], refere
 <html lang="en"><head><meta charset="utf-8"><title>S2VT report: {html.escape(run.name)}</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table.scores {{ border-collapse: collapse; }} table.scores td, table.scores th {{ padding: 4px 12px; border-bottom: 1px solid #ddd; text-align: right; }}
+table.scores {{ border-collapse: collapse; }}
+table.scores td, table.scores th {{ padding: 4px 12px; border-bottom: 1px solid #ddd; text-align: right; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 16px; }}
 .card {{ width: 200px; border: 1px solid #ddd; border-radius: 6px; padding: 8px; }}
 .card img {{ width: 100%; }} .id {{ font-family: monospace; font-size: 11px; color: #666; word-break: break-all; }}

@@ -13,7 +13,9 @@ video it was writing.
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -168,12 +170,14 @@ class FeatureStore:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.store FILE`: print how a store was made, and validate it."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("path", help="feature store (.h5)")
     args = parser.parse_args(argv)
-    store = FeatureStore(args.path)
+    try:
+        store = FeatureStore(args.path)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for key, value in sorted(store.info.items()):
         print(f"{key:>14}: {value}")
     print(f"{'videos':>14}: {len(store.ids())}")

@@ -102,6 +102,7 @@ def test_not_a_store(tmp_path):
         FeatureStore(other)
     with pytest.raises(StoreError, match="make features"):
         FeatureStore(tmp_path / "absent.h5")
+    assert main([str(garbage)]) == 2
 
 
 def test_info_command(store, capsys):
