@@ -1,19 +1,19 @@
-"""Seconds per training epoch on MLDS-shaped data: ours (fused encoder) against the
-seed's step-by-step LSTMCell loop, measured side by side in one run.
+"""Seconds per training epoch on MLDS-shaped data with scheduled sampling on: ours
+against the seed's step-by-step LSTMCell loop (`reference_s2vt.py`), side by side.
 
-Reads nothing (random features and captions shaped like MLDS: 1,450 videos x 80 x
-4096, one caption each, vocabulary 2,891, batch 64, hidden 512); prints a table and
-returns the figures.
+Reads nothing: random features and captions shaped like MLDS (80 x 4096 per video,
+captions up to 20 words, vocabulary 2,891), batch 64, hidden 512. Each case trains
+`steps` batches per repetition and the time is scaled to MLDS's 1,450-video epoch
+(23 batches), so the benchmark fits in `make bench`; `--steps 23` times a whole epoch.
 
-    python bench/bench_train.py [--videos 1450] [--device cpu] [--repeats 1]
+    python bench/bench_train.py [--steps 4] [--repeats 3] [--device auto]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,14 +22,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reference_s2vt import StepwiseS2VT  # noqa: E402
+from timing import alternate, timed  # noqa: E402
 
-from pipeline.config import TrainConfig  # noqa: E402
+from pipeline.config import TrainConfig, resolve_device  # noqa: E402
 from pipeline.dataset import CaptionSet  # noqa: E402
 from pipeline.model import S2VT, S2VTConfig  # noqa: E402
+from pipeline.precision import native_bf16, resolve_precision  # noqa: E402
 from pipeline.training import train_one_epoch  # noqa: E402
 
+MLDS_VIDEOS, BATCH, P_TRUE = 1450, 64, 0.7  # p(true word) 0.7: mid-way through the seed's schedule
 
-def mlds_shaped(videos: int, frames: int, dim: int, vocab: int, max_len: int, seed: int = 0) -> CaptionSet:
+
+def mlds_shaped(videos: int, frames: int = 80, dim: int = 4096, vocab: int = 2891, max_len: int = 20,
+                seed: int = 0) -> CaptionSet:
     gen = torch.Generator().manual_seed(seed)
     features = torch.rand(videos, frames, dim, generator=gen)
     lengths = torch.randint(4, max_len + 1, (videos,), generator=gen)
@@ -37,47 +42,45 @@ def mlds_shaped(videos: int, frames: int, dim: int, vocab: int, max_len: int, se
     for i, n in enumerate(lengths.tolist()):
         tokens[i, 0], tokens[i, n + 1] = 1, 2
         tokens[i, 1:n + 1] = torch.randint(4, vocab, (n,), generator=gen)
-    ids = [f"v{i}.avi" for i in range(videos)]
-    return CaptionSet(ids, features, tokens, torch.arange(videos), {})
+    return CaptionSet([f"v{i}.avi" for i in range(videos)], features, tokens, torch.arange(videos), {})
 
 
-def time_epoch(model, data, cfg, p_true: float, device) -> float:
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start = time.perf_counter()
-    train_one_epoch(model, data, optimizer, device, 0, cfg, p_true)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def run(videos: int = 1450, device: str = "cpu", repeats: int = 1) -> dict:
-    device = torch.device(device)
-    cfg = TrainConfig(batch_size=64, hidden=512, embed=512, max_len=20)
-    data = mlds_shaped(videos, 80, 4096, 2891, cfg.max_len)
+def run(steps: int = 4, repeats: int = 3, device: str = "auto") -> dict:
+    target = resolve_device(device)
+    cfg = TrainConfig(batch_size=BATCH, hidden=512, embed=512, max_len=20)
+    data = mlds_shaped(steps * BATCH)
     torch.manual_seed(0)
-    ours = S2VT(S2VTConfig(feature_dim=4096, vocab_size=2891, max_len=cfg.max_len)).to(device)
-    reference = StepwiseS2VT(4096, 2891).to(device)
-    cases = {"ours, teacher forcing": (ours, 1.0), "ours, scheduled sampling": (ours, 0.5),
-             "stepwise LSTMCell, scheduled sampling": (reference, 0.5)}
-    times = {name: [] for name in cases}
-    for _ in range(repeats):  # alternate the cases within each repetition
-        for name, (model, p_true) in cases.items():
-            times[name].append(time_epoch(model, data, cfg, p_true, device))
-    result = {name: statistics.median(t) for name, t in times.items()}
-    result["speedup"] = result["stepwise LSTMCell, scheduled sampling"] / result["ours, scheduled sampling"]
+    ours = S2VT(S2VTConfig(feature_dim=4096, vocab_size=2891)).to(target)
+    reference = StepwiseS2VT(4096, 2891).to(target)
+    default = resolve_precision(cfg.precision, target, allowed=("auto", "fp32", "bf16"), auto_bf16_on_cpu=False)
+    scale = math.ceil(MLDS_VIDEOS / BATCH) / steps
+
+    def case(model, precision):
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return lambda: scale * timed(lambda: train_one_epoch(model, data, optimizer, target, 0, cfg, P_TRUE,
+                                                             precision), target)
+
+    cases = {"ours": case(ours, default), "reference": case(reference, default)}
+    if default == "fp32" and native_bf16(target):
+        cases["ours_bf16"] = case(ours, "bf16")
+    seconds = alternate(cases, repeats)
+    result = {"ours_s_per_epoch": seconds["ours"], "reference_s_per_epoch": seconds["reference"],
+              "speedup": seconds["reference"] / seconds["ours"], "precision": default,
+              "device": str(target), "steps_timed": steps}
+    if "ours_bf16" in seconds:
+        result |= {"ours_bf16_s_per_epoch": seconds["ours_bf16"],
+                   "bf16_speedup": seconds["reference"] / seconds["ours_bf16"]}
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, default=1450)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=4, help="batches timed per case and repetition")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    result = run(args.videos, args.device, args.repeats)
-    print(f"seconds per epoch, {args.videos} videos x 80 x 4096, batch 64, hidden 512, on {args.device}:")
-    for name, value in result.items():
-        print(f"  {name:>40}: {value:.2f}" + ("x" if name == "speedup" else " s"))
+    for key, value in run(args.steps, args.repeats, args.device).items():
+        print(f"  {key:>24}: {value:.2f}" if isinstance(value, float) else f"  {key:>24}: {value}")
 
 
 if __name__ == "__main__":

@@ -44,15 +44,20 @@ def backbone_of(checkpoint: dict, weights_file: str | None) -> Backbone:
     return backbone
 
 
+def run_precision(checkpoint: dict, device: torch.device) -> str:
+    """The precision the run's features were made at, or the nearest one `device` runs (fp16 is CUDA only)."""
+    precision = checkpoint["feature_settings"].get("precision", "fp32")
+    return "bf16" if precision == "fp16" and device.type != "cuda" else precision
+
+
 def caption_files(paths: list[Path], run: str, checkpoint_name: str = "best.pt", beam: int = 5,
                   device: str = "auto", weights_file: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """`({video_id: caption}, {file: reason it failed})` for `paths`."""
     checkpoint = load_checkpoint(Path(run) / checkpoint_name)
     model, vocab = model_from_checkpoint(checkpoint)
-    backbone = backbone_of(checkpoint, weights_file)
     target = resolve_device(device)
+    backbone = backbone_of(checkpoint, weights_file).place(target, run_precision(checkpoint, target))
     model.to(target)
-    backbone.module.to(target)
     frames = checkpoint["feature_settings"]["frames"]
     captions, failures = {}, {}
     for path in paths:
@@ -61,7 +66,7 @@ def caption_files(paths: list[Path], run: str, checkpoint_name: str = "best.pt",
         except VideoError as exc:
             failures[str(path)] = exc.cause
             continue
-        features = torch.from_numpy(encode_clip(backbone, clip, frames, target))[None].to(target)  # (1, F, D)
+        features = torch.from_numpy(encode_clip(backbone, clip))[None].to(target)  # (1, F, D)
         captions[path.name] = vocab.decode(beam_search(model, features, DecodeConfig(beam=beam))[0])
     return captions, failures
 

@@ -1,16 +1,21 @@
 """Pairs stored frame features with tokenised captions, and cuts epochs into batches.
 
-Reads the feature store and `{video_id: [caption]}`; writes nothing. All features
-of a split are held in memory as one `(N, F, D)` tensor, so a batch is an index
-into it and the loader never starves the model. Which captions an epoch uses is a
-pure function of `(seed, epoch)`, so a resumed run draws exactly what an
-uninterrupted one would.
+Reads the feature store and `{video_id: [caption]}`; writes nothing. The features
+of a split are held in memory as one `(N, F, D)` tensor when they fit the memory
+budget, so a batch is an index into it; a larger set is read from the HDF5 store a
+batch at a time. Either way the next batch is gathered in a thread while the model
+works on this one. Which captions an epoch uses is a pure function of
+`(seed, epoch)`, so a resumed run draws exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -19,12 +24,27 @@ from .captions import Vocab
 from .store import FeatureStore
 
 
+class StoredFeatures:
+    """A split's features left in the store: `features[rows]` reads those videos `(len(rows), F, D)`."""
+
+    def __init__(self, store: FeatureStore, ids: list[str]):
+        self.store, self.ids = store, ids
+        self.shape = (len(ids), store.settings.frames, store.feature_dim)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, rows: torch.Tensor | slice) -> torch.Tensor:
+        picked = self.ids[rows] if isinstance(rows, slice) else [self.ids[r] for r in rows.tolist()]
+        return torch.from_numpy(self.store.read_many(picked).astype(np.float32, copy=False))
+
+
 @dataclass
 class CaptionSet:
     """One split: features, and every caption as a padded token row."""
 
     ids: list[str]
-    features: torch.Tensor  # (N, F, D) float32
+    features: torch.Tensor | StoredFeatures  # (N, F, D) float32
     tokens: torch.Tensor  # (C, max_len + 2) long: <bos> w1 .. wL <eos> <pad> ..
     video_of: torch.Tensor  # (C,) long: the row of `features` each caption describes
     references: dict[str, list[str]]  # raw captions, for scoring
@@ -57,9 +77,31 @@ def usable_ids(captions: dict[str, list[str]], store: FeatureStore, labels_name:
     return kept
 
 
+def available_memory() -> int:
+    """Bytes of memory available for new data (MemAvailable on Linux, else half the physical memory)."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def features_fit(store: FeatureStore, n_videos: int, budget_gb: float) -> tuple[bool, str]:
+    """Whether `n_videos` of the store's features fit in `budget_gb` GB (0 = half the available memory), and
+    a sentence saying where they will be read from."""
+    need = n_videos * store.settings.frames * store.feature_dim * 4  # float32 in memory
+    budget = budget_gb * 1e9 if budget_gb > 0 else available_memory() / 2
+    if need <= budget:
+        return True, f"in memory ({need / 1e9:.2f} GB)"
+    return False, (f"read from {store.path} batch by batch (they need {need / 1e9:.1f} GB, the budget is "
+                   f"{budget / 1e9:.1f} GB; FEATURE_MEMORY sets it)")
+
+
 def build_set(ids: list[str], captions: dict[str, list[str]], store: FeatureStore, vocab: Vocab,
-              max_len: int) -> CaptionSet:
-    features = torch.from_numpy(store.read_many(ids).astype(np.float32, copy=False))  # (N, F, D)
+              max_len: int, in_memory: bool = True) -> CaptionSet:
+    features = torch.from_numpy(store.read_many(ids).astype(np.float32, copy=False)) if in_memory \
+        else StoredFeatures(store, ids)  # (N, F, D)
     texts = [c for vid in ids for c in captions[vid]]
     video_of = torch.tensor([i for i, vid in enumerate(ids) for _ in captions[vid]], dtype=torch.long)
     return CaptionSet(ids, features, encode_captions(texts, vocab, max_len), video_of,
@@ -89,3 +131,20 @@ def epoch_captions(data: CaptionSet, per_epoch: str, seed: int, epoch: int) -> n
     else:
         raise ValueError(f"captions per epoch must be 'one' or 'all', got {per_epoch!r}")
     return rng.permutation(rows)
+
+
+def batches(data: CaptionSet, rows: np.ndarray, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`(tokens (b, T + 2), features (b, F, D))` for caption `rows` in batches of `size`; the next
+    batch is gathered (or read from the store) in a thread while the caller uses this one."""
+    chunks = [torch.from_numpy(np.asarray(rows[i:i + size])) for i in range(0, len(rows), size)]
+
+    def gather(chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return data.tokens[chunk], data.features[data.video_of[chunk]]
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(gather, chunks[0]) if chunks else None
+        for i in range(len(chunks)):
+            batch = pending.result()
+            if i + 1 < len(chunks):
+                pending = pool.submit(gather, chunks[i + 1])
+            yield batch

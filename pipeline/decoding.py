@@ -36,14 +36,14 @@ def beam_search(model: S2VT, features: torch.Tensor, cfg: DecodeConfig = DecodeC
     B, K, mc = features.shape[0], cfg.beam, model.cfg
     memory, h1_words, (h, c) = model.encode(features)
     expand = torch.arange(B, device=features.device).repeat_interleave(K)  # (B*K,)
-    memory, h1_words, state = memory[expand], h1_words[expand], (h[:, expand], c[:, expand])
+    memory, gates, state = memory[expand], model.word_gates(h1_words)[expand], (h[expand], c[expand])
     scores = torch.full((B, K), float("-inf"), device=features.device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     words = torch.full((B * K,), mc.bos_id, dtype=torch.long, device=features.device)
     finished = torch.zeros(B * K, dtype=torch.bool, device=features.device)
     history: list[list[int]] = [[] for _ in range(B * K)]
     for t in range(mc.steps):
-        logits, state = model.step(words, h1_words[:, t], state, memory)  # (B*K, V)
+        logits, state = model.step(words, gates[:, t], state, memory)  # (B*K, V)
         logp = logits.float().log_softmax(dim=-1)
         logp[finished] = float("-inf")
         logp[finished, mc.pad_id] = 0.0  # a finished beam carries its score unchanged
@@ -56,7 +56,7 @@ def beam_search(model: S2VT, features: torch.Tensor, cfg: DecodeConfig = DecodeC
         scores, best = candidates.topk(K, dim=-1)  # (B, K)
         origin = (best // V + torch.arange(B, device=features.device)[:, None] * K).view(-1)  # (B*K,)
         words = (best % V).view(-1)
-        state = (state[0][:, origin], state[1][:, origin])
+        state = (state[0][origin], state[1][origin])
         finished = finished[origin]
         history = [history[o] + ([] if finished[i] else [w]) for i, (o, w) in
                    enumerate(zip(origin.tolist(), words.tolist()))]

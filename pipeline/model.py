@@ -68,12 +68,18 @@ class S2VT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden, cfg.vocab_size)
 
+    def _input_columns(self, part: str) -> torch.Tensor:
+        """The second LSTM's input weights for one part of its input: [word | h1 | context]."""
+        E, enc = self.cfg.embed, self.encoder.hidden_size * (2 if self.cfg.bidirectional else 1)
+        start, stop = {"word": (0, E), "h1": (E, E + enc), "context": (E + enc, None)}[part]
+        return self.decoder.weight_ih_l0[:, start:stop]
+
     def encode(self, features: torch.Tensor):
         """Run everything that does not depend on the words.
 
         Returns `(memory, h1_words, state)`: the first LSTM's outputs at the frame
         steps `(B, F, E)` and at the word steps `(B, T, E)`, and the second LSTM's
-        state after the frame steps.
+        state `(h, c)`, each `(B, H)`, after the frame steps.
         """
         B, n_frames, _ = features.shape
         if self.cfg.motion:  # appearance and how it changed since the first frame, a cheap flow stream
@@ -82,9 +88,18 @@ class S2VT(nn.Module):
         padding = frames.new_zeros(B, self.cfg.steps, frames.shape[-1])  # (B, T, H)
         h1, _ = self.encoder(torch.cat([frames, padding], dim=1))  # (B, F + T, E)
         memory, h1_words = h1[:, :n_frames], h1[:, n_frames:]
-        no_word = memory.new_zeros(B, n_frames, self.decoder.input_size - memory.shape[-1])
-        _, state = self.decoder(torch.cat([no_word, memory], dim=-1))  # zeros where words will go
-        return memory, h1_words, state
+        # At the frame steps the second LSTM reads [zeros, h1, zeros]: only the h1 columns of its input
+        # weights contribute, so only they run (the same state, a third fewer products).
+        d, zeros = self.decoder, memory.new_zeros(1, B, self.cfg.hidden)
+        weights = [self._input_columns("h1"), d.weight_hh_l0, d.bias_ih_l0, d.bias_hh_l0]
+        _, h, c = torch.lstm(memory, (zeros, zeros), weights, True, 1, 0.0, self.training, False, True)
+        return memory, h1_words, (h[0], c[0])
+
+    def word_gates(self, h1_words: torch.Tensor) -> torch.Tensor:
+        """The first LSTM's part of the second LSTM's gates at every word step, in one product, biases
+        included: `(B, T, E)` -> `(B, T, 4H)`. `step` adds the word's (and the context's) part."""
+        d = self.decoder
+        return F.linear(h1_words, self._input_columns("h1"), d.bias_ih_l0 + d.bias_hh_l0)
 
     def _luong(self, h: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         # h: (B, T, H), memory: (B, F, E) -> attentional state (B, T, H)
@@ -103,13 +118,18 @@ class S2VT(nn.Module):
             h = self._luong(h, memory)
         return self.out(self.drop(h))
 
-    def step(self, words: torch.Tensor, h1_t: torch.Tensor, state, memory: torch.Tensor):
-        """One decoding step: previous words `(B,)` -> logits `(B, V)` and the new state."""
-        parts = [self.drop(self.embed(words)), h1_t]  # (B, embed), (B, E)
+    def step(self, words: torch.Tensor, gates_t: torch.Tensor, state, memory: torch.Tensor):
+        """One decoding step of the second LSTM (the gates of `nn.LSTM`, i f g o), from the previous
+        words `(B,)` and this step's `word_gates` `(B, 4H)`: logits `(B, V)` and the new state."""
+        h, c = state  # (B, H) each
+        gates = gates_t + F.linear(self.drop(self.embed(words)), self._input_columns("word")) + \
+            F.linear(h, self.decoder.weight_hh_l0)  # (B, 4H)
         if self.cfg.attention == "bahdanau":
-            parts.append(self._bahdanau(state[0][-1], memory))
-        out, state = self.decoder(torch.cat(parts, dim=-1)[:, None], state)  # (B, 1, H)
-        return self._readout(out, memory)[:, 0], state
+            gates = gates + F.linear(self._bahdanau(h, memory), self._input_columns("context"))
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return self._readout(h[:, None], memory)[:, 0], (h, c)
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor, teacher_forcing: float = 1.0) -> torch.Tensor:
         """Logits `(B, T, V)` for decoder inputs `captions` `(B, T)` = [<bos>, w1, w2, ...].
@@ -117,15 +137,16 @@ class S2VT(nn.Module):
         With `teacher_forcing` < 1, each input word after the first is, with
         probability 1 - teacher_forcing, replaced by the model's own previous choice.
         """
-        memory, h1_words, state = self.encode(features)  # features: (B, F, D)
+        memory, h1_words, (h, c) = self.encode(features)  # features: (B, F, D)
         if teacher_forcing >= 1.0 and self.cfg.attention != "bahdanau":
             inputs = torch.cat([self.drop(self.embed(captions)), h1_words], dim=-1)  # (B, T, embed + E)
-            out, _ = self.decoder(inputs, state)  # (B, T, H): all word steps in one fused call
+            out, _ = self.decoder(inputs, (h[None], c[None]))  # (B, T, H): all word steps in one fused call
             return self._readout(out, memory)
+        gates, state = self.word_gates(h1_words), (h, c)
         logits = []
         words = captions[:, 0]
         for t in range(captions.shape[1]):
-            step_logits, state = self.step(words, h1_words[:, t], state, memory)
+            step_logits, state = self.step(words, gates[:, t], state, memory)
             logits.append(step_logits)
             if t + 1 < captions.shape[1]:
                 own = step_logits.argmax(dim=-1)
@@ -137,12 +158,12 @@ class S2VT(nn.Module):
     def generate(self, features: torch.Tensor) -> torch.Tensor:
         """Greedy captions `(B, T)` of token ids; positions after <eos> hold <pad>."""
         memory, h1_words, state = self.encode(features)
-        B = features.shape[0]
+        gates, B = self.word_gates(h1_words), features.shape[0]
         words = torch.full((B,), self.cfg.bos_id, dtype=torch.long, device=features.device)
         finished = torch.zeros(B, dtype=torch.bool, device=features.device)
         tokens = []
         for t in range(self.cfg.steps):
-            logits, state = self.step(words, h1_words[:, t], state, memory)
+            logits, state = self.step(words, gates[:, t], state, memory)
             words = logits.argmax(dim=-1).masked_fill(finished, self.cfg.pad_id)
             tokens.append(words)
             finished |= words == self.cfg.eos_id

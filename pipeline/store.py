@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import h5py
@@ -43,6 +43,7 @@ class StoreSettings:
     preprocessing: str  # JSON of the Preprocess parameters
     frames: int
     dtype: str  # "float32" or "float16"
+    precision: str = "fp32"  # the backbone's arithmetic: fp32, bf16 or fp16 (stores made before it were fp32)
 
     def differences(self, other: "StoreSettings", only: tuple[str, ...] | None = None) -> list[str]:
         """One line per differing field (of `only`, when given): this value, then the other's."""
@@ -55,7 +56,8 @@ def _read_settings(f: h5py.File, path: Path) -> StoreSettings:
     if f.attrs.get("format") != FORMAT:
         raise StoreError(f"{path} is not a feature store of this project (no '{FORMAT}' format attribute)")
     try:
-        values = {fl.name: f.attrs[fl.name] for fl in fields(StoreSettings)}
+        values = {fl.name: f.attrs[fl.name] for fl in fields(StoreSettings) if fl.name in f.attrs or
+                  fl.default is MISSING}
     except KeyError as exc:
         raise StoreError(f"{path}: store attribute {exc} is missing") from None
     values["feature_dim"], values["frames"] = int(values["feature_dim"]), int(values["frames"])

@@ -25,9 +25,10 @@ from tqdm import tqdm
 from .captions import CaptionError, Vocab, load_captions
 from .checkpoint import CheckpointError, feature_problems, load_checkpoint, save_checkpoint
 from .config import TrainConfig, atomic_write, parse_config, resolve_device, write_json
-from .dataset import CaptionSet, build_set, epoch_captions, split_ids, usable_ids
+from .dataset import CaptionSet, batches, build_set, epoch_captions, features_fit, split_ids, usable_ids
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
+from .precision import autocast, resolve_precision
 from .schedule import teacher_forcing
 from .store import FeatureStore, StoreError
 
@@ -50,22 +51,19 @@ def check_resumable(checkpoint: dict, cfg: TrainConfig, vocab: Vocab, store: Fea
                               "\nUse another RUN folder for a new run, or the settings the run was started with.")
 
 
-def autocast(device: torch.device, enabled: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
-
-
 def train_one_epoch(model: S2VT, data: CaptionSet, optimizer, device: torch.device, epoch: int,
-                    cfg: TrainConfig, p_true: float) -> float:
-    """One pass over this epoch's captions; returns the mean training loss."""
+                    cfg: TrainConfig, p_true: float, precision: str = "fp32") -> float:
+    """One pass over this epoch's captions at `precision` (resolved); returns the mean training loss."""
     model.train()
     rows = epoch_captions(data, cfg.captions_per_epoch, cfg.seed, epoch)
-    batches = [rows[i:i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
-    total, bar = 0.0, tqdm(batches, desc=f"Epoch {epoch}", unit="step", leave=False, dynamic_ncols=True)
-    for step, batch in enumerate(bar, 1):
-        batch = torch.from_numpy(batch)
-        tokens = data.tokens[batch].to(device)  # (B, T + 1)
-        features = data.features[data.video_of[batch]].to(device, non_blocking=True)  # (B, F, D)
-        with autocast(device, cfg.amp):
+    n_batches = math.ceil(len(rows) / cfg.batch_size)
+    total = 0.0
+    bar = tqdm(batches(data, rows, cfg.batch_size), total=n_batches, desc=f"Epoch {epoch}", unit="step",
+               leave=False, dynamic_ncols=True)
+    for step, (tokens, features) in enumerate(bar, 1):
+        tokens = tokens.to(device)  # (B, T + 1)
+        features = features.to(device, non_blocking=True)  # (B, F, D)
+        with autocast(device, precision):
             logits = model(features, tokens[:, :-1], teacher_forcing=p_true)  # (B, T, V)
             loss = masked_loss(logits.float(), tokens[:, 1:], model.cfg.pad_id)
         optimizer.zero_grad(set_to_none=True)
@@ -74,7 +72,7 @@ def train_one_epoch(model: S2VT, data: CaptionSet, optimizer, device: torch.devi
         optimizer.step()
         total += loss.item()
         bar.set_postfix_str(f"Training Loss: {total / step:.4f}, samp_prob: {p_true:.4f}")
-    return total / max(len(batches), 1)
+    return total / max(n_batches, 1)
 
 
 @torch.no_grad()
@@ -90,14 +88,14 @@ def greedy_captions(model: S2VT, features: torch.Tensor, vocab: Vocab, device: t
 
 
 @torch.no_grad()
-def evaluate(model: S2VT, data: CaptionSet, vocab: Vocab, device: torch.device, cfg: TrainConfig) -> dict:
+def evaluate(model: S2VT, data: CaptionSet, vocab: Vocab, device: torch.device, cfg: TrainConfig,
+             precision: str = "fp32") -> dict:
     """Teacher-forced loss over every caption, and course BLEU-1 of greedy captions."""
     model.eval()
     losses, weights = [], []
-    for i in range(0, len(data.tokens), cfg.batch_size):
-        tokens = data.tokens[i:i + cfg.batch_size].to(device)
-        features = data.features[data.video_of[i:i + cfg.batch_size]].to(device)
-        with autocast(device, cfg.amp):
+    for tokens, features in batches(data, np.arange(len(data.tokens)), cfg.batch_size):
+        tokens, features = tokens.to(device), features.to(device)
+        with autocast(device, precision):
             logits = model(features, tokens[:, :-1])
         losses.append(masked_loss(logits.float(), tokens[:, 1:], model.cfg.pad_id).item())
         weights.append((tokens[:, 1:] != model.cfg.pad_id).sum().item())
@@ -172,8 +170,10 @@ def prepare(cfg: TrainConfig):
     captions = load_captions(cfg.labels)
     train_ids, val_ids = split_ids(usable_ids(captions, store, cfg.labels), cfg.val_fraction, cfg.seed)
     vocab = Vocab.build({v: captions[v] for v in train_ids}, cfg.min_count)
-    train_set = build_set(train_ids, captions, store, vocab, cfg.max_len)
-    val_set = build_set(val_ids, captions, store, vocab, cfg.max_len) if val_ids else None
+    in_memory, where = features_fit(store, len(train_ids) + len(val_ids), cfg.feature_memory)
+    print(f"features: {where}")
+    train_set = build_set(train_ids, captions, store, vocab, cfg.max_len, in_memory)
+    val_set = build_set(val_ids, captions, store, vocab, cfg.max_len, in_memory) if val_ids else None
     return store, vocab, train_set, val_set
 
 
@@ -181,11 +181,13 @@ def train(cfg: TrainConfig) -> list[dict]:
     """Train (or resume) the run in `cfg.run`; returns the metrics history."""
     run = Path(cfg.run)
     run.mkdir(parents=True, exist_ok=True)
-    store, vocab, train_set, val_set = prepare(cfg)
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device, allowed=("auto", "fp32", "bf16"), auto_bf16_on_cpu=False)
+    store, vocab, train_set, val_set = prepare(cfg)
     print(f"train: {len(train_set)} videos, {len(train_set.tokens)} captions; validation: "
           f"{len(val_set) if val_set else 0} videos; vocabulary: {len(vocab)} words (min count {cfg.min_count}); "
-          f"features {tuple(train_set.features.shape[1:])} from {store.settings.backbone}; device {device}")
+          f"features {tuple(train_set.features.shape[1:])} from {store.settings.backbone}; device {device} "
+          f"at {precision}")
 
     torch.manual_seed(cfg.seed)
     model_cfg = S2VTConfig(feature_dim=store.feature_dim, vocab_size=len(vocab), max_len=cfg.max_len,
@@ -213,10 +215,11 @@ def train(cfg: TrainConfig) -> list[dict]:
     probs = teacher_forcing(cfg.schedule, cfg.epochs)
     for epoch in range(start, cfg.epochs):
         began = time.perf_counter()
-        train_loss = train_one_epoch(model, train_set, optimizer, device, epoch, cfg, float(probs[epoch]))
+        train_loss = train_one_epoch(model, train_set, optimizer, device, epoch, cfg, float(probs[epoch]),
+                                     precision)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        scores = evaluate(model, val_set, vocab, device, cfg) if val_set else {"val_loss": math.nan,
+        scores = evaluate(model, val_set, vocab, device, cfg, precision) if val_set else {"val_loss": math.nan,
                                                                               "val_bleu": math.nan}
         history.append({"epoch": epoch, "train_loss": train_loss, **scores, "teacher_forcing": float(probs[epoch]),
                         "lr": lr, "seconds": time.perf_counter() - began})

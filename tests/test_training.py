@@ -164,3 +164,17 @@ def test_train_help():
     out = run_script("train.py", "--help", check=True).stdout
     for option in ("--features", "--labels", "--run", "--epochs", "--schedule", "--attention", "--bidirectional"):
         assert option in out
+
+
+def test_features_read_from_the_store_train_exactly_as_in_memory(clip_features, tmp_path, capsys):
+    """A set over the memory budget is read from HDF5 batch by batch, with the very same results."""
+    kw = {"epochs": 2, "val_fraction": 0.25, "schedule": "inverse_sigmoid"}
+    in_memory = train(_cfg(clip_features, tmp_path / "memory", **kw))
+    assert "features: in memory" in capsys.readouterr().out
+    from_store = train(_cfg(clip_features, tmp_path / "store", feature_memory=1e-9, **kw))
+    assert "batch by batch" in capsys.readouterr().out
+
+    def drop_times(history):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+    assert drop_times(from_store) == drop_times(in_memory)

@@ -1,0 +1,94 @@
+"""`make bench`: every benchmark in one run, a table, and `bench/results.json`.
+
+Reads the shared MSVD clips (or `--clips`); writes `bench/results.json` with one
+object per benchmark: `extract`, `precision`, `train`, `beam`, `memory`. Each pair
+inside a benchmark is measured side by side, alternating, and reports the median
+of `--repeats` repetitions. About 6 minutes on a 2-core CPU.
+
+    python bench/run_all.py [--device auto] [--repeats 3] [--clips DIR] [--out bench/results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_beam  # noqa: E402
+import bench_extract  # noqa: E402
+import bench_memory  # noqa: E402
+import bench_train  # noqa: E402
+
+def table(results: dict) -> list[tuple[str, str, float, str]]:
+    """(benchmark, what was measured, the figure its target is about, the target) rows."""
+    rows = []
+    for name, r in results["extract"].items():
+        rows.append(("extract", f"{name} ({r['precision']}): backbone {r['backbone_fps']:.1f} frames/s, "
+                     f"pipeline {r['pipeline_fps']:.1f} frames/s", r["ratio"], ">= 0.9 ratio"))
+    for name, r in results["precision"].items():
+        rows.append(("precision", f"{name}: fp32 {r['fp32_fps']:.1f} frames/s, bf16 {r['bf16_fps']:.1f} "
+                     f"frames/s, cosine {r['cosine']:.5f}", r["speedup"],
+                     ">= 2.5x, cosine >= 0.99" if name == "vgg16" else "-"))
+    t = results["train"]
+    extra = f"; ours at bf16 {t['ours_bf16_s_per_epoch']:.1f} s ({t['bf16_speedup']:.2f}x)" \
+        if "bf16_speedup" in t else ""
+    rows.append(("train", f"s/epoch ({t['precision']}): ours {t['ours_s_per_epoch']:.1f}, stepwise reference "
+                 f"{t['reference_s_per_epoch']:.1f}{extra}", t["speedup"], ">= 1.8x"))
+    b = results["beam"]
+    rows.append(("beam", f"beam 5: batched {b['batched_vps']:.1f} videos/s, one at a time "
+                 f"{b['single_vps']:.1f} videos/s", b["speedup"], ">= 4x"))
+    m = results["memory"]
+    rows.append(("memory", f"peak RSS {m['resolution']}: {m['short_seconds']} s clip {m['short_mb']:.0f} MB, "
+                 f"{m['long_seconds']} s clip {m['long_mb']:.0f} MB", m["ratio"], "<= 1.2 ratio"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clips", type=Path, default=bench_extract.SHARED_CLIPS)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results.json")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and one repetition: checks that every benchmark runs (the tests use it)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = 1
+    small = {"extract": {"backbones": ("efficientnet_lite0",), "max_clips": 2}, "train": {"steps": 1},
+             "beam": {"videos": 8, "single_videos": 2}, "memory": {"seconds": (1, 3), "size": (320, 240)}} \
+        if args.quick else {"extract": {}, "train": {}, "beam": {}, "memory": {}}
+    print(f"bench: device {args.device}, {args.repeats} repetitions, clips {args.clips}", flush=True)
+    start = time.perf_counter()
+    results: dict = {}
+    steps = [("extract + precision", lambda: results.update(
+                 bench_extract.run(args.clips, args.repeats, args.device, **small["extract"]))),
+             ("train", lambda: results.update(
+                 train=bench_train.run(repeats=args.repeats, device=args.device, **small["train"]))),
+             ("beam", lambda: results.update(
+                 beam=bench_beam.run(repeats=args.repeats, device=args.device, **small["beam"])[5])),
+             ("memory", lambda: results.update(memory=bench_memory.run(**small["memory"])))]
+    for name, step in steps:
+        began = time.perf_counter()
+        step()
+        print(f"  {name}: {time.perf_counter() - began:.0f} s", flush=True)
+    results["machine"] = {"device": results.pop("device"), "cpu": platform.processor() or platform.machine(),
+                          "threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                          "seconds": time.perf_counter() - start}
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print("\n| benchmark | measured | figure | target |\n|---|---|---|---|")
+    for name, what, figure, target in table(results):
+        print(f"| {name} | {what} | {figure:.2f} | {target} |")
+    print(f"\n{time.perf_counter() - start:.0f} s in all; written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

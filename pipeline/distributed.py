@@ -1,0 +1,77 @@
+"""Running under torchrun: which process this is, the process group, and the few collectives used.
+
+Reads the environment torchrun sets (`RANK`, `LOCAL_RANK`, `WORLD_SIZE` and the
+rendezvous variables); writes nothing. A plain `python train.py` is a world of one
+process and needs no process group: every helper here then does the obvious thing
+locally, so the stages run the same code either way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0  # which GPU of its node this process uses
+    size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes shared outputs and logs."""
+        return self.rank == 0
+
+
+def start(backend: str) -> World:
+    """This process's place in the torchrun world, joining the process group (`nccl` or `gloo`)."""
+    world = World(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                  int(os.environ.get("WORLD_SIZE", 1)))
+    if world.distributed and not dist.is_initialized():
+        if backend == "nccl":
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group(backend)
+    return world
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_for(device: torch.device, world: World) -> torch.device:
+    """On CUDA each process takes the GPU of its local rank; a CPU is shared."""
+    if world.distributed and device.type == "cuda":
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def gather(obj, world: World) -> list:
+    """`obj` from every rank, in rank order, on every rank."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def total(values: list[float], world: World, device: torch.device) -> list[float]:
+    """The element-wise sum of `values` over all ranks."""
+    if not world.distributed:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()

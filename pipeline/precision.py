@@ -1,0 +1,45 @@
+"""Numeric precision for the backbone and for training: the choices, what `auto` picks, autocast.
+
+Reads the CPU's and the GPU's capabilities; writes nothing. `fp32` runs the
+networks as they are; `bf16` and `fp16` run them under autocast (weights stay
+float32, matrix products and convolutions run in 16 bits). bfloat16 is several
+times faster where the hardware computes it natively: CUDA GPUs from Ampere on,
+and CPUs with AVX512-BF16 or AMX. float16 is offered on CUDA only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively (and so runs it faster than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
+
+
+def resolve_precision(name: str, device: torch.device, allowed: tuple[str, ...] = PRECISIONS,
+                      auto_bf16_on_cpu: bool = True) -> str:
+    """The precision to run: `name` itself, or for `auto` bf16 where native (on a CPU only if
+    `auto_bf16_on_cpu`) and fp32 otherwise."""
+    if name not in allowed:
+        raise ValueError(f"precision must be one of {', '.join(allowed)}, not {name!r}")
+    if name == "auto":
+        return "bf16" if native_bf16(device) and (auto_bf16_on_cpu or device.type != "cpu") else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision fp16 runs on CUDA only, and the device here is {device}; "
+                         f"use bf16 or fp32")
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    """A context running the networks inside it at `precision` (resolved, not `auto`)."""
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.bfloat16),
+                          enabled=precision in AUTOCAST_DTYPES)
