@@ -11,6 +11,7 @@ BATCH    ?=
 DECODER  ?= auto
 PRECISION ?= auto
 BENCH_ARGS ?=
+NPROC    ?= 1
 LABELS   ?= data/training_label.json
 RUN      ?= runs/s2vt
 EPOCHS   ?= 100
@@ -29,6 +30,8 @@ VIDEO    ?=
 VENV := .venv
 PY   := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# One process: plain python. NPROC=N: N processes on this machine through torchrun (one GPU each).
+LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test features train eval captions caption sample demo bench clean-venv
@@ -37,7 +40,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "Variables: RAW=$(RAW) BACKBONE=$(BACKBONE) FRAMES=$(FRAMES) FEATURES=$(FEATURES)"
 	@echo "           WEIGHTS=$(WEIGHTS) DEVICE=$(DEVICE) BATCH=$(BATCH) DECODER=$(DECODER) PRECISION=$(PRECISION)"
-	@echo "           LABELS=$(LABELS) RUN=$(RUN) EPOCHS=$(EPOCHS) TRAIN_ARGS=$(TRAIN_ARGS)"
+	@echo "           LABELS=$(LABELS) RUN=$(RUN) EPOCHS=$(EPOCHS) TRAIN_ARGS=$(TRAIN_ARGS) NPROC=$(NPROC)"
 	@echo "           TEST_LABELS=$(TEST_LABELS) BEAM=$(BEAM) EVAL_ARGS=$(EVAL_ARGS) VIDEO=$(VIDEO)"
 	@echo "           SAMPLE=$(SAMPLE) DEMO_RUN=$(DEMO_RUN) DEMO_CLIPS=$(DEMO_CLIPS) DEMO_FRAMES=$(DEMO_FRAMES) DEMO_EPOCHS=$(DEMO_EPOCHS)"
 
@@ -53,23 +56,23 @@ test: setup ## run the test suite
 	$(PY) -m pytest -q
 
 features: setup ## extract CNN features of every new or changed clip in RAW into FEATURES
-	$(PY) extract_features.py --raw $(RAW) --features $(FEATURES) --backbone $(BACKBONE) \
+	$(LAUNCH) extract_features.py --raw $(RAW) --features $(FEATURES) --backbone $(BACKBONE) \
 		--frames $(FRAMES) --weights $(WEIGHTS) --device $(DEVICE) --decoder $(DECODER) \
 		--precision $(PRECISION) $(if $(BATCH),--batch $(BATCH))
 
 train: setup ## train S2VT on FEATURES + LABELS into RUN (resumes RUN/last.pt; TRAIN_ARGS for more options)
-	$(PY) train.py --features $(FEATURES) --labels $(LABELS) --run $(RUN) --epochs $(EPOCHS) \
+	$(LAUNCH) train.py --features $(FEATURES) --labels $(LABELS) --run-dir $(RUN) --epochs $(EPOCHS) \
 		--device $(DEVICE) $(if $(BATCH),--batch-size $(BATCH)) $(TRAIN_ARGS)
 
 eval: setup ## caption the test videos with RUN/best.pt, score them against TEST_LABELS, write RUN/scores.json and RUN/report.html
-	$(PY) evaluate.py --run $(RUN) --features $(FEATURES) --references $(TEST_LABELS) --beam $(BEAM) \
+	$(PY) evaluate.py --run-dir $(RUN) --features $(FEATURES) --references $(TEST_LABELS) --beam $(BEAM) \
 		--raw $(RAW) --device $(DEVICE) $(EVAL_ARGS)
 
 captions: setup ## caption every video in FEATURES with RUN/best.pt into RUN/captions_all.txt
-	$(PY) evaluate.py --all --run $(RUN) --features $(FEATURES) --beam $(BEAM) --device $(DEVICE) $(EVAL_ARGS)
+	$(PY) evaluate.py --all --run-dir $(RUN) --features $(FEATURES) --beam $(BEAM) --device $(DEVICE) $(EVAL_ARGS)
 
 caption: setup ## caption the video file(s) VIDEO="a.avi b.mp4" with RUN/best.pt
-	$(PY) caption.py $(VIDEO) --run $(RUN) --beam $(BEAM) --device $(DEVICE)
+	$(PY) caption.py $(VIDEO) --run-dir $(RUN) --beam $(BEAM) --device $(DEVICE)
 
 sample: setup ## generate the embedded sample dataset (synthetic captioned clips) into SAMPLE
 	$(PY) sample.py --sample $(SAMPLE) --clips-per-combination $(DEMO_CLIPS)

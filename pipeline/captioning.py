@@ -74,14 +74,14 @@ def caption_files(paths: list[Path], run: str, checkpoint_name: str = "best.pt",
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Caption video files with a trained run; prints video_id,caption.")
     parser.add_argument("videos", nargs="+", help="video files (.avi, .mp4, .mkv, .webm, .mov)")
-    parser.add_argument("--run", default="runs/s2vt", help="run folder (default: runs/s2vt)")
+    parser.add_argument("--run-dir", default="runs/s2vt", help="run folder (default: runs/s2vt)")
     parser.add_argument("--checkpoint", default="best.pt", help="checkpoint in the run folder (default: best.pt)")
     parser.add_argument("--beam", type=int, default=5, help="beam size, 1 = greedy (default: 5)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--weights", help="the weights file the run's features were made with, if it was a file")
     args = parser.parse_args(argv)
     try:
-        captions, failures = caption_files([Path(v) for v in args.videos], args.run, args.checkpoint, args.beam,
+        captions, failures = caption_files([Path(v) for v in args.videos], args.run_dir, args.checkpoint, args.beam,
                                            args.device, args.weights)
     except (CheckpointError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -104,7 +104,7 @@ def resolve_device(device: str):
 class TrainConfig:
     features: str = opt("data/features/vgg16_80.h5", "feature store made by `make features`")
     labels: str = opt("data/training_label.json", "training captions (MLDS JSON, CSV, MSR-VDC CSV or MSVD split)")
-    run: str = opt("runs/s2vt", "run folder: checkpoints, metrics.csv, plots, config.json")
+    run_dir: str = opt("runs/s2vt", "run folder: checkpoints, metrics.csv, plots, config.json")
     epochs: int = opt(100, "total epochs; a finished run called with more continues to the new count")
     batch_size: int = opt(64, "captions per optimisation step")
     lr: float = opt(1e-3, "Adam learning rate")
@@ -133,7 +133,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    run: str = opt("runs/s2vt", "run folder with the checkpoint; captions and scores are written there")
+    run_dir: str = opt("runs/s2vt", "run folder with the checkpoint; captions and scores are written there")
     features: str = opt("data/features/vgg16_80.h5", "feature store holding the videos to caption")
     references: str = opt("data/testing_label.json", "test captions to score against")
     checkpoint: str = opt("best.pt", "checkpoint file in the run folder")

@@ -130,11 +130,11 @@ def caption_videos(model: S2VT, vocab: Vocab, store: FeatureStore, ids: list[str
 
 
 def load_run(cfg: EvalConfig) -> tuple[dict, S2VT, Vocab, FeatureStore]:
-    checkpoint = load_checkpoint(Path(cfg.run) / cfg.checkpoint)
+    checkpoint = load_checkpoint(Path(cfg.run_dir) / cfg.checkpoint)
     store = FeatureStore(cfg.features)
     problems = feature_problems(checkpoint, store)
     if problems:
-        raise CheckpointError(f"{Path(cfg.run) / cfg.checkpoint} does not fit {cfg.features}:\n  " +
+        raise CheckpointError(f"{Path(cfg.run_dir) / cfg.checkpoint} does not fit {cfg.features}:\n  " +
                               "\n  ".join(problems))
     model, vocab = model_from_checkpoint(checkpoint)
     return checkpoint, model, vocab, store
@@ -147,7 +147,7 @@ def write_captions(path: Path, captions: dict[str, str]) -> None:
 
 def evaluate_run(cfg: EvalConfig) -> dict:
     """Caption the test videos with the run's checkpoint, score them and the baseline."""
-    run = Path(cfg.run)
+    run = Path(cfg.run_dir)
     checkpoint, model, vocab, store = load_run(cfg)
     references = load_captions(cfg.references)
     ids = usable_ids(references, store, cfg.references)
@@ -179,7 +179,7 @@ def caption_all(cfg: EvalConfig) -> Path:
     """Caption every video in the store into RUN/captions_all.txt."""
     _, model, vocab, store = load_run(cfg)
     captions = caption_videos(model, vocab, store, store.ids(), cfg, resolve_device(cfg.device))
-    path = Path(cfg.run) / "captions_all.txt"
+    path = Path(cfg.run_dir) / "captions_all.txt"
     write_captions(path, captions)
     return path
 
@@ -210,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         scores = evaluate_run(cfg)
         print(format_scores(scores))
-        print(f"captions: {Path(cfg.run) / 'captions.txt'}\nscores: {Path(cfg.run) / 'scores.json'}\n"
-              f"report: {Path(cfg.run) / 'report.html'}")
+        print(f"captions: {Path(cfg.run_dir) / 'captions.txt'}\nscores: {Path(cfg.run_dir) / 'scores.json'}\n"
+              f"report: {Path(cfg.run_dir) / 'report.html'}")
         return 0
     except (PredictionError, CaptionError, CheckpointError, StoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,6 +11,8 @@ about the backbone's own rate (`make bench`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import platform
@@ -28,8 +30,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .backbones import Backbone, WeightsError, load_backbone
 from .config import ExtractConfig, parse_config, resolve_device, write_json
+from .distributed import World
 from .precision import resolve_precision
 from .store import FeatureStore, StoreError, StoreSettings
 from .video import BACKENDS, VIDEO_EXTENSIONS, Clip, VideoError, read_clip
@@ -186,14 +190,47 @@ def _reason(exc: Exception) -> str:
     return exc.cause if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
 
 
+def shard_path(features: str | Path, rank: int) -> Path:
+    store = Path(features)
+    return store.with_name(f"{store.stem}.shard{rank}{store.suffix}")
+
+
+def merge_shards(store: FeatureStore) -> int:
+    """Move the videos of every shard store beside `store` into it, deleting each shard once it is
+    merged; returns how many videos moved. Safe to repeat after a crash: a video merged twice is
+    simply written again."""
+    moved = 0
+    for shard in sorted(store.path.parent.glob(shard_path(store.path, 0).name.replace("shard0", "shard*"))):
+        moved += store.absorb(shard)
+    return moved
+
+
 def extract(cfg: ExtractConfig) -> Summary:
-    """Extract features for every new or changed clip in `cfg.raw` into `cfg.features`."""
+    """Extract features for every new or changed clip in `cfg.raw` into `cfg.features`.
+
+    Under torchrun (`WORLD_SIZE` > 1) this is one rank: it extracts every N-th clip still to do
+    into its own shard store beside `cfg.features`, and rank 0 merges the shards into it at the
+    end (and, at the start, whatever shards a run that died left behind).
+    """
+    world = distributed.start("gloo")  # the ranks only exchange summaries and wait for each other
+    try:
+        return _extract(cfg, world)
+    finally:
+        distributed.stop()
+
+
+def _extract(cfg: ExtractConfig, world: World) -> Summary:
     start = time.perf_counter()
     device, precision = check_options(cfg)
+    device = distributed.device_for(device, world)
     videos = find_videos(cfg.raw)
     backbone = load_backbone(cfg.backbone, cfg.weights).place(device, precision)
-    store = FeatureStore.open_or_create(cfg.features, store_settings(backbone, cfg), package_versions())
-    known = store.sources()
+    settings, versions = store_settings(backbone, cfg), package_versions()
+    if world.is_main:
+        merge_shards(FeatureStore.open_or_create(cfg.features, settings, versions))
+    distributed.barrier(world)
+    main_store = FeatureStore.open_or_create(cfg.features, settings, versions)
+    known = main_store.sources()
     summary = Summary(precision=precision)
     todo = []
     for path in videos:
@@ -201,10 +238,14 @@ def extract(cfg: ExtractConfig) -> Summary:
             summary.skipped.append(path.name)
         else:
             todo.append(path)
+    todo = todo[world.rank::world.size]
+    store = FeatureStore.open_or_create(shard_path(cfg.features, world.rank), settings, versions) \
+        if world.distributed else main_store
+    stale = []  # failed clips whose old features no longer describe the file
     workers, batch = decode_workers(cfg, device), frames_per_forward(cfg.batch, device)
     summary.setup_seconds = time.perf_counter() - start
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), unit="video", desc="features",
-                                                   disable=not todo) as bar:
+                                                   disable=not todo or not world.is_main) as bar:
         for path, result in _prepared(todo, cfg, backbone, pool, ahead=workers + 1):
             try:
                 if isinstance(result, Exception):
@@ -215,12 +256,26 @@ def extract(cfg: ExtractConfig) -> Summary:
                 summary.frames_encoded += cfg.frames
             except Exception as exc:  # a failed clip is reported, never fatal to the run
                 summary.failed.append({"file": str(path), "reason": _reason(exc)})
-                if path.name in known:  # its old features no longer describe the file
-                    store.remove(path.name)
+                if path.name in known:
+                    stale.append(path.name)
             bar.update()
             bar.set_postfix(failed=len(summary.failed))
     summary.seconds = time.perf_counter() - start
-    return summary
+    parts = distributed.gather((summary, stale), world)
+    if world.is_main:
+        merge_shards(main_store)
+        for video_id in (v for _, part in parts for v in part):
+            main_store.remove(video_id)
+    distributed.barrier(world)
+    return _combined([s for s, _ in parts]) if world.distributed else summary
+
+
+def _combined(summaries: list[Summary]) -> Summary:
+    """One summary of all ranks' (each rank saw the same skipped clips)."""
+    return Summary(done=[v for s in summaries for v in s.done], skipped=summaries[0].skipped,
+                   failed=[f for s in summaries for f in s.failed], seconds=max(s.seconds for s in summaries),
+                   setup_seconds=max(s.setup_seconds for s in summaries),
+                   frames_encoded=sum(s.frames_encoded for s in summaries), precision=summaries[0].precision)
 
 
 def _outputs(features: str) -> tuple[Path, Path]:
@@ -229,9 +284,16 @@ def _outputs(features: str) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
+    with contextlib.redirect_stdout(sys.stdout if main_rank else io.StringIO()):
+        return _main(argv, main_rank)
+
+
+def _main(argv: list[str] | None, main_rank: bool) -> int:
     cfg = parse_config(ExtractConfig, "extract_features",
                        "Extract per-frame CNN features of every clip in a folder into an HDF5 store. "
-                       "Only clips that are new or changed since the last run are processed.", argv)
+                       "Only clips that are new or changed since the last run are processed. Under "
+                       "torchrun the clips are split across the processes.", argv)
     try:
         summary = extract(cfg)
     except (WeightsError, StoreError, FileNotFoundError, ValueError) as exc:
@@ -241,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: every clip finished so far is in the store; run again to resume", file=sys.stderr)
         return 130
     config_path, failures_path = _outputs(cfg.features)
-    write_json(config_path, {"config": asdict(cfg), "summary": asdict(summary) | {"line": summary.line()}})
-    write_json(failures_path, summary.failed)
+    if main_rank:
+        write_json(config_path, {"config": asdict(cfg), "summary": asdict(summary) | {"line": summary.line()}})
+        write_json(failures_path, summary.failed)
     print(summary.line())
     for failure in summary.failed:
         print(f"  failed: {failure['file']}: {failure['reason']}")

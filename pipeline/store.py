@@ -147,6 +147,23 @@ class FeatureStore:
             ds = group.create_dataset(video_id, data=features.astype(self.settings.dtype))
             ds.attrs.update(source)
 
+    def absorb(self, shard: Path) -> int:
+        """Move every video of the store `shard` (made with the same settings) into this one, one
+        video per write as always, then delete `shard`; returns how many videos moved."""
+        other = FeatureStore(shard)
+        diff = self.settings.differences(other.settings)
+        if diff:
+            raise StoreError(f"shard {shard} was made with other settings than {self.path} ({'; '.join(diff)}); "
+                             f"delete the shard, its clips will be extracted again")
+        ids = other.ids()
+        for video_id in ids:
+            with _open(shard, "r") as f:
+                ds = f["features"][video_id]
+                features, source = ds[()], dict(ds.attrs)
+            self.write(video_id, features, source)
+        shard.unlink()
+        return len(ids)
+
     def remove(self, video_id: str) -> None:
         with _open(self.path, "a") as f:
             if video_id in f["features"]:

@@ -11,7 +11,10 @@ metrics history. Calling `train` again on the same run resumes from `last.pt`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
+import io
 import math
 import sys
 import time
@@ -20,11 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
+
+from . import distributed
 
 from .captions import CaptionError, Vocab, load_captions
 from .checkpoint import CheckpointError, feature_problems, load_checkpoint, save_checkpoint
 from .config import TrainConfig, atomic_write, parse_config, resolve_device, write_json
+from .distributed import World
 from .dataset import CaptionSet, batches, build_set, epoch_captions, features_fit, split_ids, usable_ids
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
@@ -51,26 +59,44 @@ def check_resumable(checkpoint: dict, cfg: TrainConfig, vocab: Vocab, store: Fea
                               "\nUse another RUN folder for a new run, or the settings the run was started with.")
 
 
-def train_one_epoch(model: S2VT, data: CaptionSet, optimizer, device: torch.device, epoch: int,
-                    cfg: TrainConfig, p_true: float, precision: str = "fp32") -> float:
-    """One pass over this epoch's captions at `precision` (resolved); returns the mean training loss."""
+def _unwrapped(model) -> S2VT:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def train_one_epoch(model: S2VT | DistributedDataParallel, data: CaptionSet, optimizer, device: torch.device,
+                    epoch: int, cfg: TrainConfig, p_true: float, precision: str = "fp32",
+                    world: World = World()) -> float:
+    """One pass over this epoch's captions at `precision` (resolved); returns the mean training loss.
+
+    Under torchrun each rank takes its share of the epoch's shuffled captions (a
+    `DistributedSampler` over them, so the epoch's order decides the split) in batches
+    of `batch_size / world size`, and its loss is its share of the global batch's mean
+    over real tokens: DDP's gradient average is then exactly the gradient of that mean.
+    """
     model.train()
+    pad_id = _unwrapped(model).cfg.pad_id
     rows = epoch_captions(data, cfg.captions_per_epoch, cfg.seed, epoch)
-    n_batches = math.ceil(len(rows) / cfg.batch_size)
+    if world.distributed:
+        rows = rows[list(DistributedSampler(rows, num_replicas=world.size, rank=world.rank, shuffle=False))]
+    size = cfg.batch_size // world.size
+    n_batches = math.ceil(len(rows) / size)
     total = 0.0
-    bar = tqdm(batches(data, rows, cfg.batch_size), total=n_batches, desc=f"Epoch {epoch}", unit="step",
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(batches(data, rows, size), total=n_batches, desc=f"Epoch {epoch}", unit="step",
+               leave=False, dynamic_ncols=True, disable=not world.is_main)
     for step, (tokens, features) in enumerate(bar, 1):
-        tokens = tokens.to(device)  # (B, T + 1)
-        features = features.to(device, non_blocking=True)  # (B, F, D)
+        tokens = tokens.to(device)  # (b, T + 1)
+        features = features.to(device, non_blocking=True)  # (b, F, D)
         with autocast(device, precision):
-            logits = model(features, tokens[:, :-1], teacher_forcing=p_true)  # (B, T, V)
-            loss = masked_loss(logits.float(), tokens[:, 1:], model.cfg.pad_id)
+            logits = model(features, tokens[:, :-1], teacher_forcing=p_true)  # (b, T, V)
+            loss = masked_loss(logits.float(), tokens[:, 1:], pad_id)
+        if world.distributed:
+            here = (tokens[:, 1:] != pad_id).sum().item()
+            loss = loss * (here * world.size / distributed.total([here], world, device)[0])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         optimizer.step()
-        total += loss.item()
+        total += distributed.total([loss.item()], world, device)[0] / world.size
         bar.set_postfix_str(f"Training Loss: {total / step:.4f}, samp_prob: {p_true:.4f}")
     return total / max(n_batches, 1)
 
@@ -89,19 +115,32 @@ def greedy_captions(model: S2VT, features: torch.Tensor, vocab: Vocab, device: t
 
 @torch.no_grad()
 def evaluate(model: S2VT, data: CaptionSet, vocab: Vocab, device: torch.device, cfg: TrainConfig,
-             precision: str = "fp32") -> dict:
-    """Teacher-forced loss over every caption, and course BLEU-1 of greedy captions."""
+             precision: str = "fp32", world: World = World()) -> dict:
+    """Teacher-forced loss over every caption, and course BLEU-1 of greedy captions; under torchrun each
+    rank takes every `world.size`-th caption and video, and the results are gathered on every rank."""
     model.eval()
-    losses, weights = [], []
-    for tokens, features in batches(data, np.arange(len(data.tokens)), cfg.batch_size):
+    loss_sum, n_tokens = 0.0, 0
+    for tokens, features in batches(data, np.arange(len(data.tokens))[world.rank::world.size], cfg.batch_size):
         tokens, features = tokens.to(device), features.to(device)
         with autocast(device, precision):
             logits = model(features, tokens[:, :-1])
-        losses.append(masked_loss(logits.float(), tokens[:, 1:], model.cfg.pad_id).item())
-        weights.append((tokens[:, 1:] != model.cfg.pad_id).sum().item())
-    captions = greedy_captions(model, data.features, vocab, device)
-    return {"val_loss": float(np.average(losses, weights=weights)),
-            "val_bleu": course_bleu1(dict(zip(data.ids, captions)), data.references)}
+        real = (tokens[:, 1:] != model.cfg.pad_id).sum().item()
+        loss_sum += masked_loss(logits.float(), tokens[:, 1:], model.cfg.pad_id).item() * real
+        n_tokens += real
+    loss_sum, n_tokens = distributed.total([loss_sum, n_tokens], world, device)
+    mine = torch.arange(len(data))[world.rank::world.size]
+    captions = dict(zip([data.ids[i] for i in mine.tolist()],
+                        greedy_captions(model, data.features[mine], vocab, device)))
+    captions = {vid: caption for part in distributed.gather(captions, world) for vid, caption in part.items()}
+    return {"val_loss": loss_sum / n_tokens, "val_bleu": course_bleu1(captions, data.references)}
+
+
+def _check_in_sync(model: S2VT, world: World, epoch: int) -> dict:
+    """Every rank's weight fingerprint after `epoch`; ranks that differ stop the run."""
+    prints = distributed.gather(fingerprint(model), world)
+    if len(set(prints)) > 1:
+        raise RuntimeError(f"after epoch {epoch} the ranks hold different weights: {prints}")
+    return {"epoch": epoch, "fingerprints": prints}
 
 
 def write_metrics(path: Path, history: list[dict]) -> None:
@@ -158,10 +197,29 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict | list, world: World, seed: int) -> None:
+    """This rank's saved RNG state (a checkpoint of a torchrun run holds one per rank); a rank the
+    checkpoint has no state for starts a fresh, rank-specific stream."""
+    if isinstance(state, list):
+        state = state[world.rank] if len(state) == world.size else None
+    elif world.rank:
+        state = None
+    if state is None:
+        print(f"rank {world.rank}: the checkpoint was written by another number of processes; "
+              f"this rank's dropout draws restart from a fresh seed")
+        torch.manual_seed(seed + 1000 * world.rank)
+        return
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fingerprint(model: S2VT) -> str:
+    """A SHA-256 of every parameter's bytes: equal on two ranks exactly when their weights are."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def prepare(cfg: TrainConfig):
@@ -178,16 +236,33 @@ def prepare(cfg: TrainConfig):
 
 
 def train(cfg: TrainConfig) -> list[dict]:
-    """Train (or resume) the run in `cfg.run`; returns the metrics history."""
-    run = Path(cfg.run)
-    run.mkdir(parents=True, exist_ok=True)
+    """Train (or resume) the run in `cfg.run_dir`; returns the metrics history.
+
+    Under torchrun (`WORLD_SIZE` > 1) this is one rank of a DistributedDataParallel run:
+    NCCL on CUDA, gloo on CPU; only rank 0 prints, writes checkpoints, metrics and plots.
+    """
     device = resolve_device(cfg.device)
+    world = distributed.start("nccl" if device.type == "cuda" else "gloo")
+    try:
+        with contextlib.redirect_stdout(sys.stdout if world.is_main else io.StringIO()):
+            return _train(cfg, distributed.device_for(device, world), world)
+    finally:
+        distributed.stop()
+
+
+def _train(cfg: TrainConfig, device: torch.device, world: World) -> list[dict]:
+    run = Path(cfg.run_dir)
+    if cfg.batch_size % world.size:
+        raise ValueError(f"the global batch size {cfg.batch_size} must divide by the number of processes "
+                         f"{world.size}: pass a BATCH that does")
+    run.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(cfg.precision, device, allowed=("auto", "fp32", "bf16"), auto_bf16_on_cpu=False)
     store, vocab, train_set, val_set = prepare(cfg)
     print(f"train: {len(train_set)} videos, {len(train_set.tokens)} captions; validation: "
           f"{len(val_set) if val_set else 0} videos; vocabulary: {len(vocab)} words (min count {cfg.min_count}); "
           f"features {tuple(train_set.features.shape[1:])} from {store.settings.backbone}; device {device} "
-          f"at {precision}")
+          f"at {precision}" + (f"; {world.size} processes, {cfg.batch_size // world.size} captions per "
+                                f"process and step" if world.distributed else ""))
 
     torch.manual_seed(cfg.seed)
     model_cfg = S2VTConfig(feature_dim=store.feature_dim, vocab_size=len(vocab), max_len=cfg.max_len,
@@ -205,9 +280,17 @@ def train(cfg: TrainConfig) -> list[dict]:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, history, best = checkpoint["epoch"], checkpoint["history"], checkpoint["best_score"]
-        _set_rng_state(checkpoint["rng"])
+        _set_rng_state(checkpoint["rng"], world, cfg.seed)
         print(f"resuming {last_path} after epoch {start - 1}")
-    write_json(run / "config.json", asdict(cfg))
+    elif world.rank:  # every rank starts from rank 0's weights (DDP broadcasts them), with its own dropout
+        torch.manual_seed(cfg.seed + 1000 * world.rank)
+    layout = {"world_size": world.size, "batch_size_per_process": cfg.batch_size // world.size}
+    if world.is_main:
+        write_json(run / "config.json", asdict(cfg) | layout)
+    net = model
+    if world.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    in_sync = []
     if start >= cfg.epochs:
         print(f"{run} has already trained {start} epochs; pass a larger EPOCHS to continue")
         return history
@@ -215,12 +298,12 @@ def train(cfg: TrainConfig) -> list[dict]:
     probs = teacher_forcing(cfg.schedule, cfg.epochs)
     for epoch in range(start, cfg.epochs):
         began = time.perf_counter()
-        train_loss = train_one_epoch(model, train_set, optimizer, device, epoch, cfg, float(probs[epoch]),
-                                     precision)
+        train_loss = train_one_epoch(net, train_set, optimizer, device, epoch, cfg, float(probs[epoch]),
+                                     precision, world)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        scores = evaluate(model, val_set, vocab, device, cfg, precision) if val_set else {"val_loss": math.nan,
-                                                                              "val_bleu": math.nan}
+        scores = evaluate(model, val_set, vocab, device, cfg, precision, world) if val_set else \
+            {"val_loss": math.nan, "val_bleu": math.nan}
         history.append({"epoch": epoch, "train_loss": train_loss, **scores, "teacher_forcing": float(probs[epoch]),
                         "lr": lr, "seconds": time.perf_counter() - began})
         score = scores["val_bleu"] if val_set else -train_loss
@@ -230,7 +313,14 @@ def train(cfg: TrainConfig) -> list[dict]:
                       "scheduler": scheduler.state_dict(), "train_config": asdict(cfg),
                       "model_config": asdict(model_cfg), "vocab": vocab.to_dict(),
                       "feature_settings": asdict(store.settings), "epoch": epoch + 1, "best_score": best,
-                      "history": history, "rng": _rng_state()}
+                      "history": history,
+                      "rng": distributed.gather(_rng_state(), world) if world.distributed else _rng_state()}
+        if world.distributed:
+            in_sync.append(_check_in_sync(model, world, epoch))
+            if world.is_main:
+                write_json(run / "ddp.json", layout | {"epochs": in_sync})
+        if not world.is_main:
+            continue
         save_checkpoint(last_path, checkpoint)
         if improved:
             save_checkpoint(best_path, checkpoint)
@@ -239,14 +329,15 @@ def train(cfg: TrainConfig) -> list[dict]:
         print(f"Epoch {epoch}: train loss {train_loss:.4f}, val loss {row['val_loss']:.4f}, "
               f"val BLEU-1 {row['val_bleu']:.4f}, samp_prob {row['teacher_forcing']:.4f}, "
               f"{row['seconds']:.1f} s{' (best)' if improved else ''}", flush=True)
-    plot_history(run, history, probs)
+    if world.is_main:
+        plot_history(run, history, probs)
     print(f"run: {run} (best.pt, last.pt, metrics.csv, curves.png, schedule.png)")
     return history
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(TrainConfig, "train",
-                       "Train S2VT on stored features and captions. Running it again with the same --run "
+                       "Train S2VT on stored features and captions. Running it again with the same --run-dir "
                        "resumes from last.pt; a larger --epochs continues a finished run.", argv)
     try:
         train(cfg)
@@ -254,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {cfg.run}/last.pt holds the last finished epoch; run again to resume",
+        print(f"\ninterrupted: {cfg.run_dir}/last.pt holds the last finished epoch; run again to resume",
               file=sys.stderr)
         return 130
     return 0

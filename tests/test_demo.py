@@ -38,7 +38,7 @@ def test_new_clips_dropped_in_are_extracted_and_captioned(tmp_path):
     copy_clips(SMALL_CLIPS[:2], raw)
     common = [f"RAW={raw}", f"FEATURES={store}", "BACKBONE=efficientnet_lite0", "WEIGHTS=random", "FRAMES=8"]
     _make("features", *common)
-    train(TrainConfig(features=str(store), labels=str(CLIPS_DIR / "labels.json"), run=str(run), epochs=1,
+    train(TrainConfig(features=str(store), labels=str(CLIPS_DIR / "labels.json"), run_dir=str(run), epochs=1,
                       hidden=16, embed=16, val_fraction=0))
     shutil.copy2(SMALL_CLIPS[2], raw / SMALL_CLIPS[2].name)
     write_index_video(raw / "synthetic clip.mkv", 20)  # another container: its id is its file name
@@ -52,7 +52,7 @@ def test_caption_py_on_files_with_a_bad_one(tiny_run, clip_features, tmp_path):
     bad = tmp_path / "broken.avi"
     bad.write_bytes(b"not a video")
     good = [CLIPS_DIR / "TZ860P4iTaM_15_28.avi", CLIPS_DIR / "qvg9eM4Hmzk_4_10.avi"]
-    proc = run_script("caption.py", str(good[0]), str(bad), str(good[1]), "--run", str(tiny_run), "--beam", "1")
+    proc = run_script("caption.py", str(good[0]), str(bad), str(good[1]), "--run-dir", str(tiny_run), "--beam", "1")
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
     assert [line.split(",")[0] for line in lines] == [p.name for p in good]

@@ -93,5 +93,5 @@ def test_checkpoint_and_store_must_match(tiny_run, tmp_path):
     other = tmp_path / "random.h5"
     extract(ExtractConfig(raw=str(CLIPS_DIR), features=str(other), backbone="efficientnet_lite0", weights="random",
                           frames=16))
-    proc = _score("--run", str(tiny_run), "--features", str(other), "--references", str(LABELS))
+    proc = _score("--run-dir", str(tiny_run), "--features", str(other), "--references", str(LABELS))
     assert proc.returncode == 2 and "does not fit" in proc.stderr and "weights" in proc.stderr

@@ -26,7 +26,7 @@ TINY = {"hidden": 32, "embed": 32, "batch_size": 16, "val_fraction": 0.0, "dropo
 
 
 def _cfg(features: Path, run: Path, **kw) -> TrainConfig:
-    return TrainConfig(**{"features": str(features), "labels": str(LABELS), "run": str(run), **TINY, **kw})
+    return TrainConfig(**{"features": str(features), "labels": str(LABELS), "run_dir": str(run), **TINY, **kw})
 
 
 def _rows(run: Path) -> list[dict]:
@@ -79,7 +79,7 @@ def test_larger_epochs_continue_a_finished_run(clip_features, tmp_path, capsys):
 
 
 def _train_cmd(features: Path, run: Path, epochs: int) -> list[str]:
-    return [sys.executable, "train.py", "--features", str(features), "--labels", str(LABELS), "--run", str(run),
+    return [sys.executable, "train.py", "--features", str(features), "--labels", str(LABELS), "--run-dir", str(run),
             "--epochs", str(epochs), "--hidden", "32", "--embed", "32", "--batch-size", "8",
             "--val-fraction", "0.25", "--captions-per-epoch", "all"]
 
@@ -162,7 +162,7 @@ def test_make_train_end_to_end(clip_features, tmp_path):
 
 def test_train_help():
     out = run_script("train.py", "--help", check=True).stdout
-    for option in ("--features", "--labels", "--run", "--epochs", "--schedule", "--attention", "--bidirectional"):
+    for option in ("--features", "--labels", "--run-dir", "--epochs", "--schedule", "--attention", "--bidirectional"):
         assert option in out
 
 
