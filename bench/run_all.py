@@ -26,6 +26,7 @@ import bench_extract  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_train  # noqa: E402
 
+
 def table(results: dict) -> list[tuple[str, str, float, str]]:
     """(benchmark, what was measured, the figure its target is about, the target) rows."""
     rows = []

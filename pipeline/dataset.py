@@ -87,15 +87,16 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
-def features_fit(store: FeatureStore, n_videos: int, budget_gb: float) -> tuple[bool, str]:
-    """Whether `n_videos` of the store's features fit in `budget_gb` GB (0 = half the available memory), and
-    a sentence saying where they will be read from."""
+def features_fit(store: FeatureStore, n_videos: int, budget_gb: float, processes_per_node: int = 1
+                 ) -> tuple[bool, str]:
+    """Whether `n_videos` of the store's features fit in `budget_gb` GB (0 = half the available memory,
+    shared by the node's processes), and a sentence saying where they will be read from."""
     need = n_videos * store.settings.frames * store.feature_dim * 4  # float32 in memory
-    budget = budget_gb * 1e9 if budget_gb > 0 else available_memory() / 2
+    budget = budget_gb * 1e9 if budget_gb > 0 else available_memory() / 2 / processes_per_node
     if need <= budget:
         return True, f"in memory ({need / 1e9:.2f} GB)"
     return False, (f"read from {store.path} batch by batch (they need {need / 1e9:.1f} GB, the budget is "
-                   f"{budget / 1e9:.1f} GB; FEATURE_MEMORY sets it)")
+                   f"{budget / 1e9:.1f} GB; --feature-memory GB sets it)")
 
 
 def build_set(ids: list[str], captions: dict[str, list[str]], store: FeatureStore, vocab: Vocab,

@@ -20,6 +20,8 @@ class World:
     rank: int = 0
     local_rank: int = 0  # which GPU of its node this process uses
     size: int = 1
+    local_size: int = 1  # processes on this node
+    owns_group: bool = False  # whether `start` created the process group (and `stop` should end it)
 
     @property
     def distributed(self) -> bool:
@@ -33,17 +35,20 @@ class World:
 
 def start(backend: str) -> World:
     """This process's place in the torchrun world, joining the process group (`nccl` or `gloo`)."""
-    world = World(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-                  int(os.environ.get("WORLD_SIZE", 1)))
+    env = {name: int(os.environ.get(name, default)) for name, default in
+           (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_WORLD_SIZE", 1))}
+    world = World(env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"])
     if world.distributed and not dist.is_initialized():
         if backend == "nccl":
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group(backend)
+        world = World(world.rank, world.local_rank, world.size, world.local_size, owns_group=True)
     return world
 
 
-def stop() -> None:
-    if dist.is_initialized():
+def stop(world: World) -> None:
+    """End the process group, if `start` began it."""
+    if world.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

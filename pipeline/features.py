@@ -6,12 +6,15 @@ Reads every video in `cfg.raw`; writes `cfg.features` (the store), and beside it
 with the same size and mtime is skipped, so a second run does only new or changed
 clips and retries the ones that failed. Clips are decoded, resized and cropped in
 threads while the backbone encodes the previous one, so on a CPU the run goes at
-about the backbone's own rate (`make bench`).
+about the backbone's own rate (`make bench`). Under torchrun each rank writes the
+clips it extracts to its own `<stem>.shard<rank>.h5`, which rank 0 merges into the
+store and deletes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -195,14 +198,19 @@ def shard_path(features: str | Path, rank: int) -> Path:
     return store.with_name(f"{store.stem}.shard{rank}{store.suffix}")
 
 
+def shards_beside(features: str | Path) -> list[Path]:
+    """The shard stores of torchrun ranks beside the store `features` (`<stem>.shard<rank>.h5`)."""
+    store = Path(features)
+    prefix = f"{store.stem}.shard"
+    return sorted(p for p in store.parent.glob(glob.escape(prefix) + "*" + store.suffix)
+                  if p.name[len(prefix):-len(store.suffix)].isdigit())
+
+
 def merge_shards(store: FeatureStore) -> int:
     """Move the videos of every shard store beside `store` into it, deleting each shard once it is
     merged; returns how many videos moved. Safe to repeat after a crash: a video merged twice is
     simply written again."""
-    moved = 0
-    for shard in sorted(store.path.parent.glob(shard_path(store.path, 0).name.replace("shard0", "shard*"))):
-        moved += store.absorb(shard)
-    return moved
+    return sum(store.absorb(shard) for shard in shards_beside(store.path))
 
 
 def extract(cfg: ExtractConfig) -> Summary:
@@ -216,13 +224,14 @@ def extract(cfg: ExtractConfig) -> Summary:
     try:
         return _extract(cfg, world)
     finally:
-        distributed.stop()
+        distributed.stop(world)
 
 
 def _extract(cfg: ExtractConfig, world: World) -> Summary:
     start = time.perf_counter()
-    device, precision = check_options(cfg)
+    device, precision = check_options(cfg)  # every rank reads the store's precision ...
     device = distributed.device_for(device, world)
+    distributed.barrier(world)  # ... before rank 0 may write to it
     videos = find_videos(cfg.raw)
     backbone = load_backbone(cfg.backbone, cfg.weights).place(device, precision)
     settings, versions = store_settings(backbone, cfg), package_versions()
@@ -263,6 +272,10 @@ def _extract(cfg: ExtractConfig, world: World) -> Summary:
     summary.seconds = time.perf_counter() - start
     parts = distributed.gather((summary, stale), world)
     if world.is_main:
+        unseen = [r for r in range(world.size) if world.distributed and not shard_path(cfg.features, r).is_file()]
+        if unseen:
+            raise StoreError(f"the shards of ranks {unseen} are not visible here: under torchrun on several "
+                             f"machines FEATURES must be on a filesystem they all share")
         merge_shards(main_store)
         for video_id in (v for _, part in parts for v in part):
             main_store.remove(video_id)

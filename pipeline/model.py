@@ -92,6 +92,7 @@ class S2VT(nn.Module):
         # weights contribute, so only they run (the same state, a third fewer products).
         d, zeros = self.decoder, memory.new_zeros(1, B, self.cfg.hidden)
         weights = [self._input_columns("h1"), d.weight_hh_l0, d.bias_ih_l0, d.bias_hh_l0]
+        # torch.lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
         _, h, c = torch.lstm(memory, (zeros, zeros), weights, True, 1, 0.0, self.training, False, True)
         return memory, h1_words, (h[0], c[0])
 

@@ -2,9 +2,10 @@
 
 Reads the CPU's and the GPU's capabilities; writes nothing. `fp32` runs the
 networks as they are; `bf16` and `fp16` run them under autocast (weights stay
-float32, matrix products and convolutions run in 16 bits). bfloat16 is several
-times faster where the hardware computes it natively: CUDA GPUs from Ampere on,
-and CPUs with AVX512-BF16 or AMX. float16 is offered on CUDA only.
+float32, matrix products and convolutions run in 16 bits). bfloat16 is faster
+where the hardware computes it natively: about 2x on CPUs with AVX512-BF16 (more
+with AMX) and several times on CUDA GPUs from Ampere on. float16 is offered on
+CUDA only.
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ Reads the feature store and the training labels; writes into the run folder
 `metrics.csv` (one row per epoch) and the plots `curves.png` and `schedule.png`.
 Checkpoints are plain dicts written atomically, each enough on its own to caption
 new videos: model weights and config, vocab, feature-store settings, optimizer
-and LR-scheduler state, the epoch, the best score, the torch RNG state and the
-metrics history. Calling `train` again on the same run resumes from `last.pt`.
+and LR-scheduler state, the epoch, the best score, the torch RNG state (one per
+rank under torchrun) and the metrics history. Calling `train` again on the same
+run resumes from `last.pt`. Under torchrun, rank 0 also writes `ddp.json`: the
+process layout and every rank's weight fingerprint after each epoch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import json
 import math
 import sys
 import time
@@ -96,9 +99,9 @@ def train_one_epoch(model: S2VT | DistributedDataParallel, data: CaptionSet, opt
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         optimizer.step()
-        total += distributed.total([loss.item()], world, device)[0] / world.size
+        total += loss.item()  # under torchrun this rank's share; the ranks' shares average to the step's loss
         bar.set_postfix_str(f"Training Loss: {total / step:.4f}, samp_prob: {p_true:.4f}")
-    return total / max(n_batches, 1)
+    return distributed.total([total], world, device)[0] / world.size / max(n_batches, 1)
 
 
 @torch.no_grad()
@@ -128,11 +131,16 @@ def evaluate(model: S2VT, data: CaptionSet, vocab: Vocab, device: torch.device, 
         loss_sum += masked_loss(logits.float(), tokens[:, 1:], model.cfg.pad_id).item() * real
         n_tokens += real
     loss_sum, n_tokens = distributed.total([loss_sum, n_tokens], world, device)
-    mine = torch.arange(len(data))[world.rank::world.size]
-    captions = dict(zip([data.ids[i] for i in mine.tolist()],
-                        greedy_captions(model, data.features[mine], vocab, device)))
+    mine, captions = torch.arange(len(data))[world.rank::world.size], {}
+    for chunk in mine.split(256):  # read (from memory or the store) and captioned a chunk at a time
+        ids = [data.ids[i] for i in chunk.tolist()]
+        captions.update(zip(ids, greedy_captions(model, data.features[chunk], vocab, device)))
     captions = {vid: caption for part in distributed.gather(captions, world) for vid, caption in part.items()}
     return {"val_loss": loss_sum / n_tokens, "val_bleu": course_bleu1(captions, data.references)}
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _check_in_sync(model: S2VT, world: World, epoch: int) -> dict:
@@ -206,7 +214,7 @@ def _set_rng_state(state: dict | list, world: World, seed: int) -> None:
         state = None
     if state is None:
         print(f"rank {world.rank}: the checkpoint was written by another number of processes; "
-              f"this rank's dropout draws restart from a fresh seed")
+              f"this rank's dropout draws restart from a fresh seed", file=sys.stderr)
         torch.manual_seed(seed + 1000 * world.rank)
         return
     torch.set_rng_state(state["torch"])
@@ -222,13 +230,13 @@ def fingerprint(model: S2VT) -> str:
     return digest.hexdigest()
 
 
-def prepare(cfg: TrainConfig):
+def prepare(cfg: TrainConfig, processes_per_node: int = 1):
     """Load labels and features, split, and build the vocabulary (from the training split)."""
     store = FeatureStore(cfg.features)
     captions = load_captions(cfg.labels)
     train_ids, val_ids = split_ids(usable_ids(captions, store, cfg.labels), cfg.val_fraction, cfg.seed)
     vocab = Vocab.build({v: captions[v] for v in train_ids}, cfg.min_count)
-    in_memory, where = features_fit(store, len(train_ids) + len(val_ids), cfg.feature_memory)
+    in_memory, where = features_fit(store, len(train_ids) + len(val_ids), cfg.feature_memory, processes_per_node)
     print(f"features: {where}")
     train_set = build_set(train_ids, captions, store, vocab, cfg.max_len, in_memory)
     val_set = build_set(val_ids, captions, store, vocab, cfg.max_len, in_memory) if val_ids else None
@@ -247,7 +255,7 @@ def train(cfg: TrainConfig) -> list[dict]:
         with contextlib.redirect_stdout(sys.stdout if world.is_main else io.StringIO()):
             return _train(cfg, distributed.device_for(device, world), world)
     finally:
-        distributed.stop()
+        distributed.stop(world)
 
 
 def _train(cfg: TrainConfig, device: torch.device, world: World) -> list[dict]:
@@ -257,7 +265,7 @@ def _train(cfg: TrainConfig, device: torch.device, world: World) -> list[dict]:
                          f"{world.size}: pass a BATCH that does")
     run.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(cfg.precision, device, allowed=("auto", "fp32", "bf16"), auto_bf16_on_cpu=False)
-    store, vocab, train_set, val_set = prepare(cfg)
+    store, vocab, train_set, val_set = prepare(cfg, world.local_size)
     print(f"train: {len(train_set)} videos, {len(train_set.tokens)} captions; validation: "
           f"{len(val_set) if val_set else 0} videos; vocabulary: {len(vocab)} words (min count {cfg.min_count}); "
           f"features {tuple(train_set.features.shape[1:])} from {store.settings.backbone}; device {device} "
@@ -273,6 +281,9 @@ def _train(cfg: TrainConfig, device: torch.device, world: World) -> list[dict]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
     start, history, best = 0, [], -math.inf
     last_path, best_path = run / "last.pt", run / "best.pt"
+    if len(set(distributed.gather(last_path.exists(), world))) > 1:
+        raise CheckpointError(f"only some processes see {last_path}: under torchrun on several machines the "
+                              f"run folder must be on a filesystem they all share")
     if last_path.exists():
         checkpoint = load_checkpoint(last_path)
         check_resumable(checkpoint, cfg, vocab, store, last_path)
@@ -290,7 +301,7 @@ def _train(cfg: TrainConfig, device: torch.device, world: World) -> list[dict]:
     net = model
     if world.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    in_sync = []
+    in_sync = [e for e in _read_json(run / "ddp.json").get("epochs", []) if e["epoch"] < start]
     if start >= cfg.epochs:
         print(f"{run} has already trained {start} epochs; pass a larger EPOCHS to continue")
         return history

@@ -135,3 +135,5 @@ def test_a_resumed_two_process_run_ends_where_an_uninterrupted_one_does(clip_fea
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert _losses(straight) == _losses(resumed)
+    epochs = json.loads((resumed / "ddp.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2, 3], "the fingerprints from before the resume are kept"

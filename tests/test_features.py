@@ -142,7 +142,8 @@ def test_killed_run_leaves_a_valid_store_and_resumes(tmp_path, sig):
         shutil.copy2(SMALL_CLIPS[i % 2], raw / f"clip{i:02d}.avi")
     store_path = tmp_path / "f.h5"
     cmd = [sys.executable, "extract_features.py", "--raw", str(raw), "--features", str(store_path),
-           "--backbone", "efficientnet_lite0", "--weights", "random", "--frames", "24"]
+           "--backbone", "efficientnet_lite0", "--weights", "random", "--frames", "48", "--precision", "fp32",
+           "--batch", "48"]  # slow enough (about 1 s a clip) that the signal lands mid-run
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen: list[int] = []
     watcher = threading.Thread(target=_watch_progress, args=(proc, seen), daemon=True)
