@@ -42,9 +42,12 @@ def peak_rss_mb(folder: Path, store: Path) -> float:
              f"s = extract(ExtractConfig(raw={str(folder)!r}, features={str(store)!r}, "
              "backbone='efficientnet_lite0', weights='imagenet'))\n"
              "assert len(s.done) == 1, s.failed\n"
-             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+             # VmHWM is this process's own peak; ru_maxrss can carry the parent's over fork and exec
+             "status = open('/proc/self/status').read() if sys.platform == 'linux' else ''\n"
+             "hwm = [line.split()[1] for line in status.splitlines() if line.startswith('VmHWM:')]\n"
+             "print(hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout
-    return int(out.split()[-1]) / 1024  # ru_maxrss is in KB on Linux
+    return int(out.split()[-1]) / 1024  # both in KB on Linux
 
 
 def run(seconds: tuple[int, int] = (10, 60), size: tuple[int, int] = (1280, 720)) -> dict:
