@@ -25,7 +25,7 @@ from pipeline.decoding import DecodeConfig, beam_search  # noqa: E402
 from pipeline.model import S2VT, S2VTConfig  # noqa: E402
 
 
-def run(videos: int = 100, beams=(5,), repeats: int = 3, single_videos: int = 20, device: str = "auto") -> dict:
+def run(videos: int = 100, beams=(5,), repeats: int = 3, single_videos: int = 40, device: str = "auto") -> dict:
     """Per beam size: `batched_vps`, `single_vps` (on the first `single_videos`) and `speedup`."""
     target = resolve_device(device)
     torch.manual_seed(0)

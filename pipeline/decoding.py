@@ -36,7 +36,9 @@ def beam_search(model: S2VT, features: torch.Tensor, cfg: DecodeConfig = DecodeC
     B, K, mc = features.shape[0], cfg.beam, model.cfg
     memory, h1_words, (h, c) = model.encode(features)
     expand = torch.arange(B, device=features.device).repeat_interleave(K)  # (B*K,)
-    memory, gates, state = memory[expand], model.word_gates(h1_words)[expand], (h[expand], c[expand])
+    gates, state = model.word_gates(h1_words)[expand], (h[expand], c[expand])
+    if mc.attention != "none":  # only attention reads the frame outputs; copying them is costly
+        memory = memory[expand]
     scores = torch.full((B, K), float("-inf"), device=features.device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     words = torch.full((B * K,), mc.bos_id, dtype=torch.long, device=features.device)
