@@ -3,7 +3,7 @@
 Reads the shared MSVD clips (or `--clips`); writes `bench/results.json` with one
 object per benchmark: `extract`, `precision`, `train`, `beam`, `memory`. Each pair
 inside a benchmark is measured side by side, alternating, and reports the median
-of `--repeats` repetitions. About 6 minutes on a 2-core CPU.
+of `--repeats` repetitions. About 5 minutes on a 2-core CPU.
 
     python bench/run_all.py [--device auto] [--repeats 3] [--clips DIR] [--out bench/results.json]
 """
