@@ -144,7 +144,10 @@ def test_killed_run_leaves_a_valid_store_and_resumes(tmp_path, sig):
     cmd = [sys.executable, "extract_features.py", "--raw", str(raw), "--features", str(store_path),
            "--backbone", "efficientnet_lite0", "--weights", "random", "--frames", "48", "--precision", "fp32",
            "--batch", "48"]  # slow enough (about 1 s a clip) that the signal lands mid-run
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A shell's background jobs start with SIGINT ignored, and Python keeps it so: restore the default,
+    # so that the signal reaches the run as a Ctrl-C at a terminal would however the tests were started.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen: list[int] = []
     watcher = threading.Thread(target=_watch_progress, args=(proc, seen), daemon=True)
     watcher.start()
