@@ -20,6 +20,7 @@ from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .config import resolve_device
 from .decoding import DecodeConfig, beam_search
 from .features import encode_clip
+from .precision import runnable
 from .video import VideoError, read_clip
 
 
@@ -44,19 +45,13 @@ def backbone_of(checkpoint: dict, weights_file: str | None) -> Backbone:
     return backbone
 
 
-def run_precision(checkpoint: dict, device: torch.device) -> str:
-    """The precision the run's features were made at, or the nearest one `device` runs (fp16 is CUDA only)."""
-    precision = checkpoint["feature_settings"].get("precision", "fp32")
-    return "bf16" if precision == "fp16" and device.type != "cuda" else precision
-
-
 def caption_files(paths: list[Path], run: str, checkpoint_name: str = "best.pt", beam: int = 5,
                   device: str = "auto", weights_file: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """`({video_id: caption}, {file: reason it failed})` for `paths`."""
     checkpoint = load_checkpoint(Path(run) / checkpoint_name)
     model, vocab = model_from_checkpoint(checkpoint)
     target = resolve_device(device)
-    backbone = backbone_of(checkpoint, weights_file).place(target, run_precision(checkpoint, target))
+    backbone = backbone_of(checkpoint, weights_file).place(target, runnable(checkpoint["feature_settings"].get("precision", "fp32"), target))
     model.to(target)
     frames = checkpoint["feature_settings"]["frames"]
     captions, failures = {}, {}

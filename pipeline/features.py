@@ -37,7 +37,7 @@ from . import distributed
 from .backbones import Backbone, WeightsError, load_backbone
 from .config import ExtractConfig, parse_config, resolve_device, write_json
 from .distributed import World
-from .precision import resolve_precision
+from .precision import resolve_precision, runnable
 from .store import FeatureStore, StoreError, StoreSettings
 from .video import BACKENDS, VIDEO_EXTENSIONS, Clip, VideoError, read_clip
 
@@ -183,9 +183,7 @@ def check_options(cfg: ExtractConfig) -> tuple[torch.device, str]:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if cfg.precision == "auto" and Path(cfg.features).is_file():
-        made_with = FeatureStore(cfg.features).settings.precision
-        if made_with != "fp16" or device.type == "cuda":
-            precision = made_with
+        precision = runnable(FeatureStore(cfg.features).settings.precision, device)
     return device, precision
 
 

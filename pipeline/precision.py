@@ -40,6 +40,12 @@ def resolve_precision(name: str, device: torch.device, allowed: tuple[str, ...] 
     return name
 
 
+def runnable(made_with: str, device: torch.device) -> str:
+    """The precision to reproduce features made at `made_with` on `device`: itself, or bf16 for fp16
+    away from CUDA (the nearest 16-bit arithmetic a CPU has)."""
+    return "bf16" if made_with == "fp16" and device.type != "cuda" else made_with
+
+
 def autocast(device: torch.device, precision: str):
     """A context running the networks inside it at `precision` (resolved, not `auto`)."""
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.bfloat16),

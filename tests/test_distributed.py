@@ -8,7 +8,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import h5py
@@ -31,8 +34,8 @@ def _make(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def _make_features(raw: Path, store: Path) -> subprocess.CompletedProcess:
-    return _make("features", f"RAW={raw}", f"FEATURES={store}", "BACKBONE=efficientnet_lite0", "FRAMES=4",
+def _make_features(raw: Path, store: Path, frames: int = 4) -> subprocess.CompletedProcess:
+    return _make("features", f"RAW={raw}", f"FEATURES={store}", "BACKBONE=efficientnet_lite0", f"FRAMES={frames}",
                  "WEIGHTS=random", "PRECISION=fp32")
 
 
@@ -76,6 +79,62 @@ def test_a_dead_rank_leaves_its_shard_and_the_next_run_redoes_only_the_rest(tmp_
     assert json.loads((tmp_path / "f.failures.json").read_text())[0]["file"].endswith("broken.avi")
     assert FeatureStore(store).ids() == sorted(p.name for p in SMALL_CLIPS)
     assert FeatureStore(store).validate() == [] and not list(tmp_path.glob("f.shard*"))
+
+
+def _rank_pid(rank: int, marker: str) -> int | None:
+    """The pid of torchrun's worker `rank` whose command line mentions `marker`."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_text() and \
+                    f"RANK={rank}\0" in (proc / "environ").read_text():
+                return int(proc.name)
+        except OSError:  # a process that ended, or one not ours to read
+            continue
+    return None
+
+
+def _stored(path: Path) -> list[str]:
+    """The ids in a store, or none while its writer holds it open."""
+    try:
+        return FeatureStore(path).ids() if path.is_file() else []
+    except Exception:  # HDF5 refuses a reader while the writer has the file open
+        return []
+
+
+def test_a_rank_killed_mid_run_corrupts_no_shard_and_the_next_run_finishes_the_rest(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(10):
+        shutil.copy2(SMALL_CLIPS[i % 2], raw / f"clip{i:02d}.avi")
+    store = tmp_path / "f.h5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(ROOT / ".venv" / "bin" / "torchrun"), "--standalone", "--nproc_per_node=2", "extract_features.py",
+           "--raw", str(raw), "--features", str(store), "--backbone", "efficientnet_lite0", "--weights", "random",
+           "--frames", "48", "--batch", "48", "--precision", "fp32", "--device", "cpu"]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not _stored(shard_path(store, 1)) and time.time() < deadline and launcher.poll() is None:
+        time.sleep(0.1)
+    pid = _rank_pid(1, str(store))
+    assert launcher.poll() is None and pid, "rank 1 finished a clip, and the run is still going"
+    os.kill(pid, signal.SIGKILL)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0 and "Signal 9" in err  # torchrun saw the rank die and ended the run
+
+    shards = [shard_path(store, r) for r in (0, 1)]
+    kept = set()
+    for path in [store, *shards]:
+        if path.is_file():
+            assert FeatureStore(path).validate() == [], path
+            kept |= set(FeatureStore(path).ids())
+    assert 1 <= len(kept) < 10
+
+    proc = _make_features(raw, store, frames=48)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "f.config.json").read_text())["summary"]
+    assert sorted(summary["done"]) == sorted(f"clip{i:02d}.avi" for i in range(10) if f"clip{i:02d}.avi" not in kept)
+    assert FeatureStore(store).ids() == [f"clip{i:02d}.avi" for i in range(10)] and FeatureStore(store).validate() == []
+    assert not any(path.is_file() for path in shards)
 
 
 def _losses(run: Path) -> list[tuple[float, float]]:

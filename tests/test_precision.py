@@ -12,7 +12,7 @@ from pipeline import precision as precision_module
 from pipeline.backbones import load_backbone
 from pipeline.config import ExtractConfig
 from pipeline.features import encode_clip, extract
-from pipeline.precision import resolve_precision
+from pipeline.precision import resolve_precision, runnable
 from pipeline.store import FeatureStore, StoreError
 from pipeline.video import read_clip
 
@@ -27,6 +27,11 @@ def test_auto_picks_bf16_only_where_it_is_native(monkeypatch, native, cpu_auto, 
     assert resolve_precision("auto", CPU, auto_bf16_on_cpu=False) == "fp32"  # training's rule on a CPU
     assert resolve_precision("auto", CUDA, auto_bf16_on_cpu=False) == expected
     assert resolve_precision("fp32", CUDA) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
+
+
+def test_features_of_a_store_or_run_are_reproduced_at_the_nearest_runnable_precision():
+    assert runnable("fp16", CUDA) == "fp16" and runnable("fp16", CPU) == "bf16"
+    assert runnable("bf16", CPU) == "bf16" and runnable("fp32", CUDA) == "fp32"
 
 
 def test_bad_precisions_are_refused():
