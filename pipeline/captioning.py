@@ -21,6 +21,7 @@ from .config import resolve_device
 from .decoding import DecodeConfig, beam_search
 from .features import encode_clip
 from .precision import runnable
+from .store import StoreSettings
 from .video import VideoError, read_clip
 
 
@@ -50,10 +51,11 @@ def caption_files(paths: list[Path], run: str, checkpoint_name: str = "best.pt",
     """`({video_id: caption}, {file: reason it failed})` for `paths`."""
     checkpoint = load_checkpoint(Path(run) / checkpoint_name)
     model, vocab = model_from_checkpoint(checkpoint)
+    trained_on = StoreSettings(**checkpoint["feature_settings"])  # older checkpoints: fp32 features
     target = resolve_device(device)
-    backbone = backbone_of(checkpoint, weights_file).place(target, runnable(checkpoint["feature_settings"].get("precision", "fp32"), target))
+    backbone = backbone_of(checkpoint, weights_file).place(target, runnable(trained_on.precision, target))
     model.to(target)
-    frames = checkpoint["feature_settings"]["frames"]
+    frames = trained_on.frames
     captions, failures = {}, {}
     for path in paths:
         try:

@@ -8,7 +8,10 @@ locally, so the stages run the same code either way.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -33,11 +36,22 @@ class World:
         return self.rank == 0
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun), known before any process group."""
+    return int(os.environ.get("RANK", 0))
+
+
+@contextlib.contextmanager
+def rank0_prints():
+    """Within it only rank 0's prints reach stdout, so a run reports once; errors on stderr still show."""
+    with contextlib.redirect_stdout(sys.stdout if launched_rank() == 0 else io.StringIO()):
+        yield
+
+
 def start(backend: str) -> World:
     """This process's place in the torchrun world, joining the process group (`nccl` or `gloo`)."""
-    env = {name: int(os.environ.get(name, default)) for name, default in
-           (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_WORLD_SIZE", 1))}
-    world = World(env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"])
+    env = {name: int(os.environ.get(name, 1)) for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE")}
+    world = World(launched_rank(), int(os.environ.get("LOCAL_RANK", 0)), env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"])
     if world.distributed and not dist.is_initialized():
         if backend == "nccl":
             torch.cuda.set_device(world.local_rank)

@@ -13,9 +13,7 @@ store and deletes.
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import io
 import json
 import os
 import platform
@@ -36,7 +34,6 @@ from tqdm import tqdm
 from . import distributed
 from .backbones import Backbone, WeightsError, load_backbone
 from .config import ExtractConfig, parse_config, resolve_device, write_json
-from .distributed import World
 from .precision import resolve_precision, runnable
 from .store import FeatureStore, StoreError, StoreSettings
 from .video import BACKENDS, VIDEO_EXTENSIONS, Clip, VideoError, read_clip
@@ -225,7 +222,7 @@ def extract(cfg: ExtractConfig) -> Summary:
         distributed.stop(world)
 
 
-def _extract(cfg: ExtractConfig, world: World) -> Summary:
+def _extract(cfg: ExtractConfig, world: distributed.World) -> Summary:
     start = time.perf_counter()
     device, precision = check_options(cfg)  # every rank reads the store's precision ...
     device = distributed.device_for(device, world)
@@ -295,12 +292,11 @@ def _outputs(features: str) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
-    with contextlib.redirect_stdout(sys.stdout if main_rank else io.StringIO()):
-        return _main(argv, main_rank)
+    with distributed.rank0_prints():
+        return _main(argv)
 
 
-def _main(argv: list[str] | None, main_rank: bool) -> int:
+def _main(argv: list[str] | None) -> int:
     cfg = parse_config(ExtractConfig, "extract_features",
                        "Extract per-frame CNN features of every clip in a folder into an HDF5 store. "
                        "Only clips that are new or changed since the last run are processed. Under "
@@ -314,7 +310,7 @@ def _main(argv: list[str] | None, main_rank: bool) -> int:
         print("\ninterrupted: every clip finished so far is in the store; run again to resume", file=sys.stderr)
         return 130
     config_path, failures_path = _outputs(cfg.features)
-    if main_rank:
+    if distributed.launched_rank() == 0:
         write_json(config_path, {"config": asdict(cfg), "summary": asdict(summary) | {"line": summary.line()}})
         write_json(failures_path, summary.failed)
     print(summary.line())

@@ -13,10 +13,8 @@ process layout and every rank's weight fingerprint after each epoch.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
-import io
 import json
 import math
 import sys
@@ -31,11 +29,9 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from . import distributed
-
 from .captions import CaptionError, Vocab, load_captions
 from .checkpoint import CheckpointError, feature_problems, load_checkpoint, save_checkpoint
 from .config import TrainConfig, atomic_write, parse_config, resolve_device, write_json
-from .distributed import World
 from .dataset import CaptionSet, batches, build_set, epoch_captions, features_fit, split_ids, usable_ids
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
@@ -68,7 +64,7 @@ def _unwrapped(model) -> S2VT:
 
 def train_one_epoch(model: S2VT | DistributedDataParallel, data: CaptionSet, optimizer, device: torch.device,
                     epoch: int, cfg: TrainConfig, p_true: float, precision: str = "fp32",
-                    world: World = World()) -> float:
+                    world: distributed.World = distributed.World()) -> float:
     """One pass over this epoch's captions at `precision` (resolved); returns the mean training loss.
 
     Under torchrun each rank takes its share of the epoch's shuffled captions (a
@@ -118,7 +114,7 @@ def greedy_captions(model: S2VT, features: torch.Tensor, vocab: Vocab, device: t
 
 @torch.no_grad()
 def evaluate(model: S2VT, data: CaptionSet, vocab: Vocab, device: torch.device, cfg: TrainConfig,
-             precision: str = "fp32", world: World = World()) -> dict:
+             precision: str = "fp32", world: distributed.World = distributed.World()) -> dict:
     """Teacher-forced loss over every caption, and course BLEU-1 of greedy captions; under torchrun each
     rank takes every `world.size`-th caption and video, and the results are gathered on every rank."""
     model.eval()
@@ -143,7 +139,7 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _check_in_sync(model: S2VT, world: World, epoch: int) -> dict:
+def _check_in_sync(model: S2VT, world: distributed.World, epoch: int) -> dict:
     """Every rank's weight fingerprint after `epoch`; ranks that differ stop the run."""
     prints = distributed.gather(fingerprint(model), world)
     if len(set(prints)) > 1:
@@ -205,7 +201,7 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict | list, world: World, seed: int) -> None:
+def _set_rng_state(state: dict | list, world: distributed.World, seed: int) -> None:
     """This rank's saved RNG state (a checkpoint of a torchrun run holds one per rank); a rank the
     checkpoint has no state for starts a fresh, rank-specific stream."""
     if isinstance(state, list):
@@ -252,13 +248,13 @@ def train(cfg: TrainConfig) -> list[dict]:
     device = resolve_device(cfg.device)
     world = distributed.start("nccl" if device.type == "cuda" else "gloo")
     try:
-        with contextlib.redirect_stdout(sys.stdout if world.is_main else io.StringIO()):
+        with distributed.rank0_prints():
             return _train(cfg, distributed.device_for(device, world), world)
     finally:
         distributed.stop(world)
 
 
-def _train(cfg: TrainConfig, device: torch.device, world: World) -> list[dict]:
+def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> list[dict]:
     run = Path(cfg.run_dir)
     if cfg.batch_size % world.size:
         raise ValueError(f"the global batch size {cfg.batch_size} must divide by the number of processes "
@@ -347,6 +343,11 @@ def _train(cfg: TrainConfig, device: torch.device, world: World) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with distributed.rank0_prints():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     cfg = parse_config(TrainConfig, "train",
                        "Train S2VT on stored features and captions. Running it again with the same --run-dir "
                        "resumes from last.pt; a larger --epochs continues a finished run.", argv)

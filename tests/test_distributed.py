@@ -61,7 +61,8 @@ def test_two_processes_extract_the_same_store_as_one(tmp_path):
     assert not list(tmp_path.glob("merged.shard*")), "the shards are merged and removed"
     summary = json.loads((tmp_path / "merged.config.json").read_text())["summary"]
     assert len(summary["done"]) == 4 and summary["failed"] == []
-    assert proc.stdout.count("done 4, skipped 0") == 1, "rank 0 alone reports"
+    assert proc.stdout.count("done 4, skipped 0") == 1 and proc.stdout.count("extract_features config:") == 1, \
+        "rank 0 alone reports"
 
 
 def test_a_dead_rank_leaves_its_shard_and_the_next_run_redoes_only_the_rest(tmp_path):
@@ -170,7 +171,7 @@ def test_two_process_training_follows_the_one_process_loss_curve(clip_features, 
     for epoch in ddp["epochs"]:  # both ranks held identical weights after every epoch
         assert len(epoch["fingerprints"]) == 2 and len(set(epoch["fingerprints"])) == 1
     assert json.loads((two / "config.json").read_text())["world_size"] == 2
-    assert proc.stdout.count("Epoch 3:") == 1, "rank 0 alone logs"
+    assert proc.stdout.count("Epoch 3:") == 1 and proc.stdout.count("train config:") == 1, "rank 0 alone logs"
 
 
 def test_a_global_batch_that_does_not_divide_is_refused(clip_features, tmp_path):
