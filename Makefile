@@ -86,7 +86,8 @@ demo: sample ## the whole chain on the sample set: features, train, eval -> DEMO
 	$(MAKE) --no-print-directory train FEATURES=$(DEMO_FEATURES) LABELS=$(SAMPLE)/training_label.json \
 		RUN=$(DEMO_RUN) EPOCHS=$(DEMO_EPOCHS) BATCH=32 TRAIN_ARGS="$(DEMO_TRAIN_ARGS)"
 	$(MAKE) --no-print-directory eval FEATURES=$(DEMO_FEATURES) TEST_LABELS=$(SAMPLE)/testing_label.json \
-		RUN=$(DEMO_RUN) RAW=$(SAMPLE)/raw EVAL_ARGS="--attributes $(SAMPLE)/attributes.json"
+		RUN=$(DEMO_RUN) RAW=$(SAMPLE)/raw
+	$(PY) -m pipeline.attributes $(DEMO_RUN)/captions.txt $(SAMPLE)/attributes.json --scores $(DEMO_RUN)/scores.json
 	@echo "demo finished: scores in $(DEMO_RUN)/scores.json, report in $(DEMO_RUN)/report.html"
 
 bench: setup ## run every benchmark side by side (about 5 min on 2 CPU cores), print a table, write bench/results.json

@@ -29,7 +29,7 @@ def run(videos: int = 100, beams=(5,), repeats: int = 3, single_videos: int = 40
     """Per beam size: `batched_vps`, `single_vps` (on the first `single_videos`) and `speedup`."""
     target = resolve_device(device)
     torch.manual_seed(0)
-    model = S2VT(S2VTConfig(feature_dim=4096, vocab_size=2891)).to(target).eval()
+    model = S2VT(S2VTConfig(feature_dim=4096, vocab_size=2891, pad_id=0, bos_id=1, eos_id=2)).to(target).eval()
     features = torch.rand(videos, 80, 4096, device=target)
     result = {}
     for beam in beams:

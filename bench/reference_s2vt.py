@@ -2,7 +2,7 @@
 stepped one time step at a time over all 80 frame steps and all word steps.
 
 Same layers and sizes as `pipeline.model.S2VT` (plain variant); reads and writes
-nothing.
+nothing; imports nothing of the pipeline.
 """
 
 from __future__ import annotations
@@ -10,13 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.model import S2VTConfig
-
 
 class StepwiseS2VT(nn.Module):
     def __init__(self, feature_dim: int, vocab_size: int, hidden: int = 512, embed: int = 512, dropout: float = 0.3):
         super().__init__()
-        self.cfg = S2VTConfig(feature_dim, vocab_size, hidden=hidden, embed=embed, dropout=dropout)
         self.frame_proj = nn.Linear(feature_dim, hidden)
         self.cell1 = nn.LSTMCell(hidden, hidden)
         self.cell2 = nn.LSTMCell(embed + hidden, hidden)

@@ -20,12 +20,13 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from .errors import ConfigError, PipelineError
 from .precision import autocast
 
 RANDOM_SEED = 0  # random weights are seeded, so a "random" store is reproducible
 
 
-class WeightsError(Exception):
+class WeightsError(PipelineError):
     """Pretrained weights that cannot be had; the message says what to do."""
 
 
@@ -154,7 +155,7 @@ BACKBONES: dict[str, BackboneSpec] = {
 
 def get_spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
     return BACKBONES[name]
 
 

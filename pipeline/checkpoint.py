@@ -1,28 +1,49 @@
-"""Checkpoints: plain dicts written atomically and read with `weights_only=True`.
+"""Checkpoints: what a run saves after each epoch, as plain dicts read with `weights_only=True`.
 
-Reads and writes `RUN/{last,best}.pt`. A checkpoint holds `model` (state dict),
-`model_config`, `vocab`, `feature_settings` (the store it was trained on),
-`optimizer`, `scheduler`, `train_config`, `epoch` (epochs done), `best_score`,
-`history` (the metrics rows) and `rng`; it alone is enough to caption new videos.
+Reads and writes `RUN/{last,best}.pt`, atomically. A checkpoint holds `model`
+(state dict), `model_config`, `vocab`, `feature_settings` (the store it was trained
+on), `optimizer`, `scheduler`, `train_config`, `epoch` (epochs done), `best_score`,
+`history` (the metrics rows), `rng` (the random state, one per process under
+torchrun) and `layout` (how the model's weights are laid out); it alone is enough
+to caption new videos. Here it is built, checked against a run's settings, and
+restored into a model, an optimizer and the random state.
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from .captions import Vocab
-from .config import atomic_write
+from . import distributed
+from .vocab import Vocab
+from .config import TrainConfig, atomic_write
+from .errors import PipelineError
 from .model import S2VT, S2VTConfig
 from .store import FeatureStore, StoreSettings
 
 # Store settings that must match between a checkpoint and the features it is given.
 FEATURE_KEYS = ("backbone", "layer", "feature_dim", "frames", "weights", "preprocessing")
+# Config fields that shape the model, its vocabulary or the data split: a run cannot resume with others.
+FIXED_FIELDS = ("hidden", "embed", "attention", "bidirectional", "motion", "max_len", "min_count", "seed",
+                "val_fraction")
+# 2: the second LSTM's input weights in one module per part (decoder, word_in, context_in); 1 had one matrix.
+LAYOUT = 2
 
 
-class CheckpointError(Exception):
+class CheckpointError(PipelineError):
     """A checkpoint that cannot be used here; the message names the file and what differs."""
+
+
+@dataclass
+class Progress:
+    """Where a run stands: epochs done, the metrics rows, the best score so far."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: float = float("-inf")
 
 
 def save_checkpoint(path: Path, checkpoint: dict) -> None:
@@ -38,9 +59,24 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
 
 
+def _current_layout(state: dict, cfg: S2VTConfig) -> dict:
+    """A layout-1 state dict (the second LSTM's input weights as one [word | h1 | context] matrix) in
+    today's layout; other state dicts unchanged."""
+    if "word_in.weight" in state:
+        return state
+    combined = state["decoder.weight_ih_l0"]  # (4H, embed + enc [+ enc])
+    enc = cfg.hidden * (2 if cfg.bidirectional else 1)
+    state = dict(state, **{"word_in.weight": combined[:, :cfg.embed],
+                           "decoder.weight_ih_l0": combined[:, cfg.embed:cfg.embed + enc]})
+    if cfg.attention == "bahdanau":
+        state["context_in.weight"] = combined[:, cfg.embed + enc:]
+    return {k: v.contiguous() for k, v in state.items()}
+
+
 def model_from_checkpoint(checkpoint: dict) -> tuple[S2VT, Vocab]:
-    model = S2VT(S2VTConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
+    cfg = S2VTConfig(**checkpoint["model_config"])
+    model = S2VT(cfg)
+    model.load_state_dict(_current_layout(checkpoint["model"], cfg))
     return model.eval(), Vocab.from_dict(checkpoint["vocab"])
 
 
@@ -48,3 +84,62 @@ def feature_problems(checkpoint: dict, store: FeatureStore) -> list[str]:
     """How `store`'s features differ from those the checkpoint was trained on."""
     trained_on = StoreSettings(**checkpoint["feature_settings"])
     return [f"features {line}" for line in trained_on.differences(store.settings, only=FEATURE_KEYS)]
+
+
+def check_resumable(checkpoint: dict, cfg: TrainConfig, vocab: Vocab, store: FeatureStore, path: Path) -> None:
+    """Refuse a checkpoint made for other features, another vocabulary or another model shape."""
+    problems = [f"{f}: checkpoint has {checkpoint['train_config'][f]!r}, asked for {getattr(cfg, f)!r}"
+                for f in FIXED_FIELDS if checkpoint["train_config"][f] != getattr(cfg, f)]
+    problems += feature_problems(checkpoint, store)
+    if checkpoint["vocab"]["words"] != vocab.words:
+        problems.append(f"vocabulary: checkpoint has {len(checkpoint['vocab']['words'])} words, the labels "
+                        f"{cfg.labels} give {len(vocab)} (other labels or another split)")
+    if checkpoint.get("layout", 1) != LAYOUT:
+        problems.append("written by an older version of this project: it still captions and evaluates, but "
+                        "its optimizer state does not fit today's model")
+    if problems:
+        raise CheckpointError(f"{path} cannot be resumed with these settings:\n  " + "\n  ".join(problems) +
+                              "\nUse another RUN folder for a new run, or the settings the run was started with.")
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict | list, world: distributed.World, seed: int) -> None:
+    """This rank's saved RNG state (a checkpoint of a torchrun run holds one per rank); a rank the
+    checkpoint has no state for starts a fresh, rank-specific stream."""
+    if isinstance(state, list):
+        state = state[world.rank] if len(state) == world.size else None
+    elif world.rank:
+        state = None
+    if state is None:
+        print(f"rank {world.rank}: the checkpoint was written by another number of processes; "
+              f"this rank's dropout draws restart from a fresh seed", file=sys.stderr)
+        torch.manual_seed(seed + 1000 * world.rank)
+        return
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_checkpoint(model: S2VT, optimizer, scheduler, cfg: TrainConfig, vocab: Vocab, settings: StoreSettings,
+                     progress: Progress, world: distributed.World) -> dict:
+    """The checkpoint after `progress.epoch` epochs; every rank's RNG state is gathered into it."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "train_config": asdict(cfg), "model_config": asdict(model.cfg), "vocab": vocab.to_dict(),
+            "feature_settings": asdict(settings), "epoch": progress.epoch, "best_score": progress.best,
+            "history": progress.history, "layout": LAYOUT,
+            "rng": distributed.gather(rng_state(), world) if world.distributed else rng_state()}
+
+
+def restore(checkpoint: dict, model: S2VT, optimizer, scheduler, world: distributed.World, seed: int) -> Progress:
+    """Put a checked checkpoint's weights, optimizer, LR schedule and RNG state back; returns its progress."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    set_rng_state(checkpoint["rng"], world, seed)
+    return Progress(checkpoint["epoch"], checkpoint["history"], checkpoint["best_score"])

@@ -1,8 +1,11 @@
-"""One dataclass config per stage, and the plumbing every stage's CLI shares.
+"""One dataclass config per stage, checked where it is made, which also builds the stage's command line.
 
 Reads command-line arguments; writes `config.json` files. Each field's help text
 is its one-line description; the same dataclass builds the `--help` of the stage's
-script, is printed when the stage starts, and is saved beside its outputs.
+script, is printed when the stage starts, and is saved beside its outputs. Every
+field's allowed values (a range or a list of choices) are checked once, when the
+config is made, from the command line or from Python: a bad value is refused with
+a `ConfigError` naming the option, its `make` variable and what it may be.
 """
 
 from __future__ import annotations
@@ -15,30 +18,70 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from .errors import ConfigError
+
 T = TypeVar("T")
+# The most frames a clip may be sampled at: each video's sampled indices are stored as an HDF5 attribute
+# (8 bytes a frame), and an attribute must fit HDF5's 64 KiB object header beside the video's other ones.
+MAX_FRAMES = 4096
 
 
-def opt(default: Any, help: str) -> Any:
-    """A config field with its default and its `--help` line."""
-    return field(default=default, metadata={"help": help})
+def opt(default: Any, help: str, choices: tuple = (), at_least: float | None = None,
+        above: float | None = None, below: float | None = None, make: str = "") -> Any:
+    """A config field: its default, its `--help` line, the values it may take (`choices`, or a range
+    `>= at_least`, `> above`, `< below`) and the `make` variable that sets it, if any."""
+    return field(default=default, metadata={"help": help, "choices": choices, "at_least": at_least,
+                                            "above": above, "below": below, "make": make})
+
+
+def _problem(f: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with `value` for field `f`, or None."""
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        return f"must be one of {', '.join(map(str, meta['choices']))}"
+    for key, fails, words in (("at_least", lambda v, b: v < b, "at least"), ("above", lambda v, b: v <= b, "above"),
+                              ("below", lambda v, b: v >= b, "below")):
+        if meta.get(key) is not None and fails(value, meta[key]):
+            return f"must be {words} {meta[key]}"
+    return None
+
+
+class Checked:
+    """Base of the stage configs: every field is checked against its allowed values when made."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            problem = _problem(f, getattr(self, f.name))
+            if problem:
+                make = f" (make: {f.metadata['make']})" if f.metadata.get("make") else ""
+                raise ConfigError(f"--{f.name.replace('_', '-')}{make} {problem}, not {getattr(self, f.name)!r}")
+
+
+BACKBONE_NAMES = ("vgg16", "vgg19", "resnet50", "resnet101", "resnet152", "efficientnet_lite0")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
-class ExtractConfig:
-    raw: str = opt("data/raw", "folder of video clips (.avi, .mp4, .mkv, .webm, .mov)")
-    features: str = opt("data/features/vgg16_80.h5", "HDF5 feature store to create or extend")
-    backbone: str = opt("vgg16", "vgg16, vgg19, resnet50, resnet101, resnet152 or efficientnet_lite0")
-    frames: int = opt(80, "frames sampled uniformly from each clip")
-    weights: str = opt("imagenet", "'imagenet', 'random' (tests only), or a path to a state-dict file")
-    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+class ExtractConfig(Checked):
+    raw: str = opt("data/raw", "folder of video clips (.avi, .mp4, .mkv, .webm, .mov)", make="RAW")
+    features: str = opt("data/features/vgg16_80.h5", "HDF5 feature store to create or extend", make="FEATURES")
+    backbone: str = opt("vgg16", "the image network", choices=BACKBONE_NAMES, make="BACKBONE")
+    frames: int = opt(80, f"frames sampled uniformly from each clip (at most {MAX_FRAMES})", at_least=1,
+                      below=MAX_FRAMES + 1, make="FRAMES")
+    weights: str = opt("imagenet", "'imagenet', 'random' (tests only), or a path to a state-dict file",
+                       make="WEIGHTS")
+    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
     batch: int = opt(0, "frames per forward pass through the backbone; 0 = 16 on CPU (2x faster than 80 for "
-                        "EfficientNet-Lite0 there), 80 on a GPU")
-    decoder: str = opt("auto", "video decoder: 'auto' (= opencv), 'opencv' or 'decord'")
-    dtype: str = opt("float32", "stored feature dtype: float32 or float16")
+                        "EfficientNet-Lite0 there), 80 on a GPU", at_least=0, make="BATCH")
+    decoder: str = opt("auto", "video decoder: 'auto' (= opencv)", choices=("auto", "opencv", "decord"),
+                       make="DECODER")
+    dtype: str = opt("float32", "stored feature dtype", choices=("float32", "float16"))
     precision: str = opt("auto", "backbone arithmetic: fp32, bf16, fp16 (CUDA only), or auto = bf16 where the "
                                  "hardware computes it natively (recent CPUs and GPUs), else fp32; an existing "
-                                 "store is extended at the precision it was made with")
-    workers: int = opt(0, "threads decoding clips ahead of the backbone; 0 = 1 on CPU, up to 8 with a GPU")
+                                 "store is extended at the precision it was made with", choices=PRECISIONS,
+                         make="PRECISION")
+    workers: int = opt(0, "threads decoding clips ahead of the backbone; 0 = 1 on CPU, up to 8 with a GPU",
+                       at_least=0)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -50,18 +93,23 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
             kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            parser.add_argument(flag, type=kind, default=f.default, help=help_text)
+            parser.add_argument(flag, type=kind, default=f.default, help=help_text,
+                                choices=f.metadata.get("choices") or None)
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+def config_from_args(cls: type[T], args: argparse.Namespace, parser: argparse.ArgumentParser) -> T:
+    """The config of the parsed `args`; a value out of range ends the program as argparse does."""
+    try:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    except ConfigError as exc:
+        parser.error(str(exc))
 
 
 def parse_config(cls: type[T], name: str, description: str, argv: list[str] | None) -> T:
     """A stage's config from its command line (one option per field), printed before the stage runs."""
     parser = argparse.ArgumentParser(description=description)
     add_config_arguments(parser, cls)
-    cfg = config_from_args(cls, parser.parse_args(argv))
+    cfg = config_from_args(cls, parser.parse_args(argv), parser)
     print_config(name, cfg)
     return cfg
 
@@ -94,67 +142,80 @@ def resolve_device(device: str):
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device (make: DEVICE) must be auto, cpu, cuda or cuda:N, not {device!r}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use DEVICE=cpu or auto")
+        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here; use DEVICE=cpu or auto")
     return resolved
 
 
 @dataclass
-class TrainConfig:
-    features: str = opt("data/features/vgg16_80.h5", "feature store made by `make features`")
-    labels: str = opt("data/training_label.json", "training captions (MLDS JSON, CSV, MSR-VDC CSV or MSVD split)")
-    run_dir: str = opt("runs/s2vt", "run folder: checkpoints, metrics.csv, plots, config.json")
-    epochs: int = opt(100, "total epochs; a finished run called with more continues to the new count")
-    batch_size: int = opt(64, "captions per optimisation step")
-    lr: float = opt(1e-3, "Adam learning rate")
-    lr_schedule: str = opt("none", "'none' or 'cosine' (decay to 0 over `epochs`)")
-    hidden: int = opt(512, "LSTM hidden size")
-    embed: int = opt(512, "word embedding size")
-    dropout: float = opt(0.3, "dropout on frame projections, embeddings and the output layer")
-    attention: str = opt("none", "'none' (plain S2VT), 'luong' or 'bahdanau'")
+class TrainConfig(Checked):
+    features: str = opt("data/features/vgg16_80.h5", "feature store made by `make features`", make="FEATURES")
+    labels: str = opt("data/training_label.json", "training captions (MLDS JSON, CSV, MSR-VDC CSV or MSVD split)",
+                      make="LABELS")
+    run_dir: str = opt("runs/s2vt", "run folder: checkpoints, metrics.csv, plots, config.json", make="RUN")
+    epochs: int = opt(100, "total epochs; a finished run called with more continues to the new count", at_least=1,
+                      make="EPOCHS")
+    batch_size: int = opt(64, "captions per optimisation step (under torchrun, over all processes)", at_least=1,
+                          make="BATCH")
+    lr: float = opt(1e-3, "Adam learning rate", above=0)
+    lr_schedule: str = opt("none", "'none' or 'cosine' (decay to 0 over `epochs`)", choices=("none", "cosine"))
+    hidden: int = opt(512, "LSTM hidden size", at_least=1)
+    embed: int = opt(512, "word embedding size", at_least=1)
+    dropout: float = opt(0.3, "dropout on frame projections, embeddings and the output layer", at_least=0, below=1)
+    attention: str = opt("none", "'none' (plain S2VT), 'luong' or 'bahdanau'", choices=("none", "luong", "bahdanau"))
     bidirectional: bool = opt(False, "bidirectional first LSTM")
     motion: float = opt(0.0, "weight of a motion stream (features minus the first frame's) beside the "
-                             "features; 0 = off")
-    schedule: str = opt("inverse_sigmoid", "teacher forcing per epoch: inverse_sigmoid (the seed's), constant, linear")
-    captions_per_epoch: str = opt("one", "'one' random caption per video each epoch (the seed's way), or 'all'")
-    max_len: int = opt(20, "words kept per caption (longer ones are cut)")
-    min_count: int = opt(3, "words seen fewer times become <unk>")
-    val_fraction: float = opt(0.05, "share of the labelled videos held out for validation")
-    clip_grad: float = opt(5.0, "gradient-norm clipping threshold")
+                             "features; 0 = off", at_least=0)
+    schedule: str = opt("inverse_sigmoid", "teacher forcing per epoch: inverse_sigmoid (the seed's), constant, "
+                                           "linear", choices=("inverse_sigmoid", "constant", "linear"))
+    captions_per_epoch: str = opt("one", "'one' random caption per video each epoch (the seed's way), or 'all'",
+                                  choices=("one", "all"))
+    max_len: int = opt(20, "words kept per caption (longer ones are cut)", at_least=1)
+    min_count: int = opt(3, "words seen fewer times become <unk>", at_least=1)
+    val_fraction: float = opt(0.05, "share of the labelled videos held out for validation; 0 = none (best.pt is "
+                                    "then the epoch with the lowest training loss)", at_least=0, below=1)
+    clip_grad: float = opt(5.0, "gradient-norm clipping threshold", above=0)
     seed: int = opt(0, "seed for initialisation, the split, caption sampling and dropout")
-    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
     precision: str = opt("auto", "fp32, bf16 (autocast; weights stay float32), or auto = bf16 on a GPU that "
                                  "computes it natively, else fp32 (bf16 on a CPU is faster but learned less "
-                                 "well in our tests)")
+                                 "well in our tests)", choices=("auto", "fp32", "bf16"))
     feature_memory: float = opt(0.0, "GB of RAM the features may take; a larger set is read from the store "
-                                     "batch by batch (0 = half of the memory available at start)")
+                                     "batch by batch (0 = half of the memory available at start)", at_least=0)
+    cuda_graphs: bool = opt(True, "on one CUDA GPU, replay each training step from a captured CUDA graph (the "
+                                  "same results, launched at once); --no-cuda-graphs runs every step eagerly")
 
 
 @dataclass
-class EvalConfig:
-    run_dir: str = opt("runs/s2vt", "run folder with the checkpoint; captions and scores are written there")
-    features: str = opt("data/features/vgg16_80.h5", "feature store holding the videos to caption")
-    references: str = opt("data/testing_label.json", "test captions to score against")
+class EvalConfig(Checked):
+    run_dir: str = opt("runs/s2vt", "run folder with the checkpoint; captions and scores are written there",
+                       make="RUN")
+    features: str = opt("data/features/vgg16_80.h5", "feature store holding the videos to caption",
+                        make="FEATURES")
+    references: str = opt("data/testing_label.json", "test captions to score against", make="TEST_LABELS")
     checkpoint: str = opt("best.pt", "checkpoint file in the run folder")
     train_labels: str = opt("", "training labels for the constant-caption baseline (default: the run's own)")
-    raw: str = opt("data/raw", "folder of the raw clips, for the report's GIFs (missing clips are noted)")
-    report_videos: int = opt(8, "test videos shown in the report")
-    attributes: str = opt("", "JSON of each test clip's colour, shape and motion (the sample set's): adds "
-                              "per-attribute accuracy to the scores")
-    beam: int = opt(5, "beam size (1 = greedy)")
-    length_penalty: float = opt(0.0, "beam length penalty alpha: ((5 + length) / 6) ** alpha")
-    block_ngram: int = opt(0, "forbid repeating any n-gram of this size (0 = off)")
-    batch: int = opt(64, "videos decoded at once")
-    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'")
+    raw: str = opt("data/raw", "folder of the raw clips, for the report's GIFs (missing clips are noted)",
+                   make="RAW")
+    report_videos: int = opt(8, "test videos shown in the report", at_least=0)
+    beam: int = opt(5, "beam size (1 = greedy)", at_least=1, make="BEAM")
+    length_penalty: float = opt(0.0, "beam length penalty alpha: ((5 + length) / 6) ** alpha", at_least=0)
+    block_ngram: int = opt(0, "forbid repeating any n-gram of this size (0 = off)", at_least=0)
+    batch: int = opt(64, "videos decoded at once", at_least=1)
+    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
 
 
 @dataclass
-class SampleConfig:
-    sample: str = opt("data/sample", "folder to write the clips and labels into")
-    clips_per_combination: int = opt(4, "training clips per (colour, shape, motion) combination")
-    test_clips_per_combination: int = opt(3, "test clips per held-out combination")
-    held_out: int = opt(8, "combinations kept out of training: the test split")
-    frames: int = opt(32, "frames per clip")
-    size: int = opt(112, "frame width and height in pixels")
+class SampleConfig(Checked):
+    sample: str = opt("data/sample", "folder to write the clips and labels into", make="SAMPLE")
+    clips_per_combination: int = opt(4, "training clips per (colour, shape, motion) combination", at_least=1,
+                                     make="DEMO_CLIPS")
+    test_clips_per_combination: int = opt(3, "test clips per held-out combination", at_least=1)
+    held_out: int = opt(8, "combinations kept out of training: the test split", at_least=1, below=33)
+    frames: int = opt(32, "frames per clip", at_least=2)
+    size: int = opt(112, "frame width and height in pixels", at_least=32)
     seed: int = opt(0, "seed for everything random")

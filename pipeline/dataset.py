@@ -1,11 +1,12 @@
-"""Pairs stored frame features with tokenised captions, and cuts epochs into batches.
+"""Pairs stored frame features with tokenised captions, epoch by epoch, batch by batch.
 
 Reads the feature store and `{video_id: [caption]}`; writes nothing. The features
 of a split are held in memory as one `(N, F, D)` tensor when they fit the memory
-budget, so a batch is an index into it; a larger set is read from the HDF5 store a
-batch at a time. Either way the next batch is gathered in a thread while the model
-works on this one. Which captions an epoch uses is a pure function of
-`(seed, epoch)`, so a resumed run draws exactly what an uninterrupted one would.
+budget (on a GPU, in its memory when half of what is free holds them), so a batch
+is an index into it; a larger set is read from the HDF5 store a batch at a time.
+Either way the next batch is gathered in a thread while the model works on this
+one. Which captions an epoch uses is a pure function of `(seed, epoch)`, so a
+resumed run draws exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .captions import Vocab
+from .labels import CaptionError
+from .vocab import Vocab
 from .store import FeatureStore
 
 
@@ -48,6 +50,7 @@ class CaptionSet:
     tokens: torch.Tensor  # (C, max_len + 2) long: <bos> w1 .. wL <eos> <pad> ..
     video_of: torch.Tensor  # (C,) long: the row of `features` each caption describes
     references: dict[str, list[str]]  # raw captions, for scoring
+    pad_id: int  # the token that fills `tokens` after <eos>
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,7 +75,7 @@ def usable_ids(captions: dict[str, list[str]], store: FeatureStore, labels_name:
                       f"in RAW and run `make features` to include them.", stacklevel=2)
     kept = sorted(set(captions) & stored)
     if not kept:
-        raise ValueError(f"no video of {labels_name} has features in {store.path}: are LABELS and FEATURES "
+        raise CaptionError(f"no video of {labels_name} has features in {store.path}: are LABELS and FEATURES "
                          f"for the same clips? (a label id is the clip's file name, e.g. {next(iter(captions))})")
     return kept
 
@@ -87,26 +90,33 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
-def features_fit(store: FeatureStore, n_videos: int, budget_gb: float, processes_per_node: int = 1
-                 ) -> tuple[bool, str]:
-    """Whether `n_videos` of the store's features fit in `budget_gb` GB (0 = half the available memory,
-    shared by the node's processes), and a sentence saying where they will be read from."""
+def features_fit(store: FeatureStore, n_videos: int, budget_gb: float, processes_per_node: int = 1,
+                 device: torch.device = torch.device("cpu")) -> tuple[torch.device | None, str]:
+    """Where `n_videos` of the store's features are held: on `device` when it is a GPU with room for them
+    (half its free memory), in RAM when they fit `budget_gb` GB (0 = half the available memory, shared by
+    the node's processes), else None (read from the store); and a sentence saying which."""
     need = n_videos * store.settings.frames * store.feature_dim * 4  # float32 in memory
+    if device.type == "cuda" and budget_gb <= 0 and need <= torch.cuda.mem_get_info(device)[0] / 2:
+        return device, f"in GPU memory ({need / 1e9:.2f} GB)"
     budget = budget_gb * 1e9 if budget_gb > 0 else available_memory() / 2 / processes_per_node
     if need <= budget:
-        return True, f"in memory ({need / 1e9:.2f} GB)"
-    return False, (f"read from {store.path} batch by batch (they need {need / 1e9:.1f} GB, the budget is "
-                   f"{budget / 1e9:.1f} GB; --feature-memory GB sets it)")
+        return torch.device("cpu"), f"in memory ({need / 1e9:.2f} GB)"
+    return None, (f"read from {store.path} batch by batch (they need {need / 1e9:.1f} GB, the budget is "
+                  f"{budget / 1e9:.1f} GB; --feature-memory GB sets it)")
 
 
 def build_set(ids: list[str], captions: dict[str, list[str]], store: FeatureStore, vocab: Vocab,
-              max_len: int, in_memory: bool = True) -> CaptionSet:
-    features = torch.from_numpy(store.read_many(ids).astype(np.float32, copy=False)) if in_memory \
-        else StoredFeatures(store, ids)  # (N, F, D)
+              max_len: int, held_on: torch.device | None = torch.device("cpu")) -> CaptionSet:
+    """The split `ids`: features held on `held_on` (None: left in the store), captions as token rows."""
     texts = [c for vid in ids for c in captions[vid]]
     video_of = torch.tensor([i for i, vid in enumerate(ids) for _ in captions[vid]], dtype=torch.long)
-    return CaptionSet(ids, features, encode_captions(texts, vocab, max_len), video_of,
-                      {vid: captions[vid] for vid in ids})
+    tokens = encode_captions(texts, vocab, max_len)
+    if held_on is None:
+        features = StoredFeatures(store, ids)
+    else:
+        features = torch.from_numpy(store.read_many(ids).astype(np.float32, copy=False)).to(held_on)  # (N, F, D)
+        tokens, video_of = tokens.to(held_on), video_of.to(held_on)
+    return CaptionSet(ids, features, tokens, video_of, {vid: captions[vid] for vid in ids}, vocab.pad_id)
 
 
 def split_ids(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -122,7 +132,7 @@ def split_ids(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str]
 def epoch_captions(data: CaptionSet, per_epoch: str, seed: int, epoch: int) -> np.ndarray:
     """Shuffled caption rows for one epoch: one random caption per video, or all of them."""
     rng = np.random.default_rng([seed, epoch])
-    video_of = data.video_of.numpy()
+    video_of = data.video_of.cpu().numpy()
     if per_epoch == "all":
         rows = np.arange(len(video_of))
     elif per_epoch == "one":
@@ -130,7 +140,7 @@ def epoch_captions(data: CaptionSet, per_epoch: str, seed: int, epoch: int) -> n
         counts = np.bincount(video_of, minlength=len(data))
         rows = starts + (rng.random(len(data)) * counts).astype(np.int64)
     else:
-        raise ValueError(f"captions per epoch must be 'one' or 'all', got {per_epoch!r}")
+        raise ValueError(f"captions per epoch must be 'one' or 'all', got {per_epoch!r}")  # TrainConfig checks
     return rng.permutation(rows)
 
 

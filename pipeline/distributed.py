@@ -9,6 +9,7 @@ locally, so the stages run the same code either way.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import sys
@@ -94,3 +95,19 @@ def total(values: list[float], world: World, device: torch.device) -> list[float
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """A SHA-256 of every parameter's bytes: equal on two ranks exactly when their weights are."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_in_sync(model: torch.nn.Module, world: World, epoch: int) -> dict:
+    """Every rank's weight fingerprint after `epoch`; ranks that hold different weights stop the run."""
+    prints = gather(fingerprint(model), world)
+    if len(set(prints)) > 1:
+        raise RuntimeError(f"after epoch {epoch} the ranks hold different weights: {prints}")
+    return {"epoch": epoch, "fingerprints": prints}

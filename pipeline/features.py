@@ -32,11 +32,12 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .backbones import Backbone, WeightsError, load_backbone
+from .backbones import Backbone, load_backbone
 from .config import ExtractConfig, parse_config, resolve_device, write_json
+from .errors import ConfigError, run_command
 from .precision import resolve_precision, runnable
 from .store import FeatureStore, StoreError, StoreSettings
-from .video import BACKENDS, VIDEO_EXTENSIONS, Clip, VideoError, read_clip
+from .video import VIDEO_EXTENSIONS, Clip, VideoError, read_clip
 
 GEOMETRY_CHUNK = 8  # frames resized at once in a decoding thread
 
@@ -64,7 +65,7 @@ def find_videos(raw: str | Path) -> list[Path]:
     """The video files directly inside `raw`, sorted by name."""
     raw = Path(raw)
     if not raw.is_dir():
-        raise FileNotFoundError(f"clip folder {raw} does not exist: put your .avi files there or pass RAW=...")
+        raise ConfigError(f"clip folder {raw} does not exist: put your .avi files there or pass RAW=...")
     return sorted(p for p in raw.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
 
 
@@ -170,13 +171,6 @@ def check_options(cfg: ExtractConfig) -> tuple[torch.device, str]:
 
     `auto` precision extends an existing store at the precision it was made with.
     """
-    if cfg.decoder not in ("auto", *BACKENDS):
-        raise ValueError(f"unknown decoder {cfg.decoder!r}; known: auto, {', '.join(BACKENDS)}")
-    if cfg.dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype must be float32 or float16, not {cfg.dtype!r}")
-    if cfg.frames < 1 or cfg.batch < 0 or cfg.workers < 0:
-        raise ValueError(f"frames must be at least 1, batch and workers at least 0 (got frames={cfg.frames}, "
-                         f"batch={cfg.batch}, workers={cfg.workers})")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if cfg.precision == "auto" and Path(cfg.features).is_file():
@@ -302,13 +296,14 @@ def _main(argv: list[str] | None) -> int:
                        "Only clips that are new or changed since the last run are processed. Under "
                        "torchrun the clips are split across the processes.", argv)
     try:
-        summary = extract(cfg)
-    except (WeightsError, StoreError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return run_command(lambda: _run(cfg))
     except KeyboardInterrupt:
         print("\ninterrupted: every clip finished so far is in the store; run again to resume", file=sys.stderr)
         return 130
+
+
+def _run(cfg: ExtractConfig) -> int:
+    summary = extract(cfg)
     config_path, failures_path = _outputs(cfg.features)
     if distributed.launched_rank() == 0:
         write_json(config_path, {"config": asdict(cfg), "summary": asdict(summary) | {"line": summary.line()}})

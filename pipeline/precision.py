@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -31,11 +33,11 @@ def resolve_precision(name: str, device: torch.device, allowed: tuple[str, ...] 
     """The precision to run: `name` itself, or for `auto` bf16 where native (on a CPU only if
     `auto_bf16_on_cpu`) and fp32 otherwise."""
     if name not in allowed:
-        raise ValueError(f"precision must be one of {', '.join(allowed)}, not {name!r}")
+        raise ConfigError(f"precision must be one of {', '.join(allowed)}, not {name!r}")
     if name == "auto":
         return "bf16" if native_bf16(device) and (auto_bf16_on_cpu or device.type != "cpu") else "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise ValueError(f"precision fp16 runs on CUDA only, and the device here is {device}; "
+        raise ConfigError(f"precision fp16 runs on CUDA only, and the device here is {device}; "
                          f"use bf16 or fp32")
     return name
 
@@ -46,7 +48,8 @@ def runnable(made_with: str, device: torch.device) -> str:
     return "bf16" if made_with == "fp16" and device.type != "cuda" else made_with
 
 
-def autocast(device: torch.device, precision: str):
-    """A context running the networks inside it at `precision` (resolved, not `auto`)."""
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """A context running the networks inside it at `precision` (resolved, not `auto`); `cache` keeps
+    the 16-bit copies of the weights for the context's length (off inside a CUDA graph capture)."""
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.bfloat16),
-                          enabled=precision in AUTOCAST_DTYPES)
+                          enabled=precision in AUTOCAST_DTYPES, cache_enabled=cache)

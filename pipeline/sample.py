@@ -1,4 +1,4 @@
-"""The embedded sample dataset: synthetic captioned clips that need no download.
+"""Generates the sample set: synthetic captioned clips that need no download.
 
 Writes, under `SAMPLE` (default `data/sample`): `raw/*.avi` (a coloured shape
 moving over a lightly textured background), `training_label.json` and
@@ -6,9 +6,7 @@ moving over a lightly textured background), `training_label.json` and
 `attributes.json` (each clip's colour, shape and motion). Some (colour, shape,
 motion) combinations never appear in training and make up the test split, so the
 test measures generalisation rather than memory. Deterministic for a seed.
-
-Also reads captions back into attributes (`parse_attributes`) to score, per
-attribute, what a model says about held-out clips (`attribute_accuracy`).
+`attributes.py` reads them back out of a model's captions.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .captions import tokenize
 from .config import SampleConfig, parse_config, write_json
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40)}
@@ -131,30 +128,6 @@ def _already_generated(root: Path, cfg: SampleConfig, out: dict[str, Path]) -> b
     made_with.pop("held_out_combinations", None)
     n_clips = len(json.loads(out["attributes"].read_text()))
     return made_with == asdict(cfg) and len(list(out["raw"].glob("*.avi"))) == n_clips
-
-
-def parse_attributes(caption: str) -> dict[str, str | None]:
-    """Colour, shape and motion named in a caption (None where it names none)."""
-    words = set(tokenize(caption))
-    found = {}
-    for name, vocabulary in (("colour", {c: (c,) for c in COLOURS}), ("shape", SHAPE_WORDS),
-                             ("motion", {m: tuple(w for p in ps for w in p.split() if w not in ("to", "the"))
-                                         for m, ps in MOTION_PHRASES.items()})):
-        named = [value for value, synonyms in vocabulary.items() if words & set(synonyms)]
-        found[name] = named[0] if len(named) == 1 else None
-    return found
-
-
-def attribute_accuracy(captions: dict[str, str], truth: dict[str, dict]) -> dict[str, float]:
-    """Share of `captions` naming the right colour, shape, motion, and all three."""
-    hits = {"colour": 0, "shape": 0, "motion": 0, "all": 0}
-    for vid, caption in captions.items():
-        said = parse_attributes(caption)
-        right = {k: said[k] == truth[vid][k] for k in ("colour", "shape", "motion")}
-        for k, ok in right.items():
-            hits[k] += ok
-        hits["all"] += all(right.values())
-    return {k: v / len(captions) for k, v in hits.items()} if captions else {k: 0.0 for k in hits}
 
 
 def main(argv: list[str] | None = None) -> int:

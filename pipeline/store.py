@@ -23,12 +23,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .errors import PipelineError
+
 FORMAT = "s2vt-features"
 FORMAT_VERSION = 1
 SOURCE_KEYS = ("source_size", "source_mtime_ns", "n_frames", "fps", "indices", "decoder")
 
 
-class StoreError(Exception):
+class StoreError(PipelineError):
     """A feature store that cannot be used; the message names the file."""
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import PipelineError
+
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov")
 BACKENDS = ("opencv", "decord")
 # OpenCV's sequential grab/retrieve is exact and the fastest of the exact ways
@@ -26,7 +28,7 @@ DEFAULT_BACKEND = "opencv"
 MAX_PASSES = 3  # decoding passes before a clip whose frame count keeps changing is refused
 
 
-class VideoError(Exception):
+class VideoError(PipelineError):
     """A video that cannot be read; the message names the file and the cause."""
 
     def __init__(self, path: str | Path, cause: str):

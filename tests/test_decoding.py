@@ -1,29 +1,38 @@
-"""Beam search: beam 1 is greedy, a batch equals one video at a time, n-gram block."""
+"""Decoding: beam 1 is greedy, a batch equals one video at a time, n-gram block, captions as strings."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pipeline.decoding import DecodeConfig, _banned_words, beam_search
-from pipeline.model import S2VT, S2VTConfig
+from pipeline.decoding import DecodeConfig, _banned_words, beam_search, caption_features
+from pipeline.errors import ConfigError
+from pipeline.model import S2VT, DecoderState, S2VTConfig
+from pipeline.vocab import Vocab
 
 
 def _model(eos_bias: float = 0.0, **kw) -> S2VT:
     torch.manual_seed(1)
-    model = S2VT(S2VTConfig(feature_dim=6, vocab_size=9, max_len=7, hidden=16, embed=8, dropout=0.0, **kw))
+    model = S2VT(S2VTConfig(feature_dim=6, vocab_size=9, max_len=7, hidden=16, embed=8, dropout=0.0, pad_id=0,
+                            bos_id=1, eos_id=2, **kw))
     with torch.no_grad():  # a peaked output layer, so greedy captions have several words
         model.out.weight.mul_(8)
         model.out.bias[2] += eos_bias
     return model.eval()
 
 
-def _strip(row: list[int]) -> list[int]:
+def _greedy(model: S2VT, features: torch.Tensor) -> list[list[int]]:
+    """Greedy decoding the plain way: each video alone, the argmax word fed back until <eos>."""
     out = []
-    for w in row:
-        if w in (0, 2):
-            break
-        out.append(w)
+    for video in features:
+        with torch.no_grad():
+            state, word, caption = model.start(video[None]), torch.tensor([1]), []
+            for _ in range(model.cfg.steps):
+                word = state.step_words(word).argmax(-1)
+                caption.append(word.item())
+                if word.item() == 2:
+                    break
+        out.append([w for w in caption if w != 2])
     return out
 
 
@@ -31,9 +40,55 @@ def _strip(row: list[int]) -> list[int]:
 def test_beam_one_is_greedy(attention):
     model = _model(attention=attention)
     features = torch.randn(12, 5, 6)
-    greedy = [_strip(row) for row in model.generate(features).tolist()]
+    greedy = _greedy(model, features)
     assert beam_search(model, features, DecodeConfig(beam=1)) == greedy
     assert any(len(c) > 1 for c in greedy)
+
+
+def test_greedy_is_the_argmax_of_forward_over_its_own_words():
+    model = _model()
+    features = torch.randn(1, 5, 6)
+    tokens = (beam_search(model, features)[0] + [2])[:model.cfg.steps]  # <eos>, unless it ran to max_len
+    inputs = torch.tensor([[1] + tokens[:-1] + [0] * (model.cfg.steps - len(tokens))])
+    with torch.no_grad():
+        logits = model(features, inputs)
+    assert logits[0, : len(tokens)].argmax(-1).tolist() == tokens
+
+
+def test_decoding_stops_once_every_caption_has_ended(monkeypatch):
+    """Video i says word 5 until it says <eos> at step i; ended captions are fed <pad>."""
+    model = _model()
+    fed = []
+
+    def scripted(self, words):
+        t = len(fed)
+        fed.append(words.clone())
+        logits = torch.zeros(len(words), 9)
+        logits[:, 5] = 1.0
+        if t < len(words):
+            logits[t, 2] = 2.0
+        return logits
+
+    monkeypatch.setattr(DecoderState, "step_words", scripted)
+    assert beam_search(model, torch.randn(3, 5, 6)) == [[], [5], [5, 5]]
+    assert len(fed) == 3, "decoding stops once every caption has ended"
+    assert fed[0].tolist() == [1, 1, 1] and fed[2].tolist() == [0, 2, 5]
+
+
+def test_caption_features_batches_and_decodes_to_strings():
+    """The one features -> strings path: any batch size gives the same captions, as vocabulary words."""
+    model = _model()
+    vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "a", "dog", "runs", "cat", "sits"], 1)
+    features = torch.randn(7, 5, 6)
+    expected = [vocab.decode(caption) for caption in beam_search(model, features)]
+    for batch in (1, 3, 64):
+        assert caption_features(model, vocab, features, torch.device("cpu"), batch=batch) == expected
+    assert caption_features(model, vocab, features.numpy(), torch.device("cpu")) == expected
+
+
+def test_a_beam_below_one_is_refused():
+    with pytest.raises(ConfigError, match="--beam .*BEAM.* at least 1, not 0"):
+        DecodeConfig(beam=0)
 
 
 @pytest.mark.parametrize("beam", [3, 5])
@@ -47,7 +102,7 @@ def test_batch_equals_one_video_at_a_time(beam):
 
 
 def test_beam_finds_at_least_the_greedy_log_probability():
-    model = _model(eos_bias=0.3)  # most captions end before max_len
+    model = _model(eos_bias=1.0)  # most captions end before max_len
     features = torch.randn(8, 5, 6) * 3
 
     def logprob(i, caption):

@@ -87,14 +87,16 @@ def test_changed_clip_that_fails_loses_its_old_features(tmp_path):
     assert FeatureStore(store_path).ids() == [SMALL_CLIPS[0].name]
 
 
-@pytest.mark.parametrize("option,value,message", [("--decoder", "ffmpeg", "unknown decoder"),
-                                                   ("--dtype", "float64", "float32 or float16"),
-                                                   ("--frames", "0", "at least 1")])
+@pytest.mark.parametrize("option,value,message", [("--decoder", "ffmpeg", "invalid choice: 'ffmpeg'"),
+                                                   ("--dtype", "float64", "invalid choice: 'float64'"),
+                                                   ("--frames", "0", "--frames (make: FRAMES) must be at least 1")])
 def test_bad_options_are_refused_before_anything_is_written(tmp_path, capsys, option, value, message):
     raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
     args = ["--raw", str(raw), "--features", str(tmp_path / "f.h5"), "--backbone", "efficientnet_lite0",
             "--weights", "random", option, value]
-    assert main(args) == 2
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
     assert message in capsys.readouterr().err and not (tmp_path / "f.h5").exists()
 
 

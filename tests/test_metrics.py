@@ -8,7 +8,7 @@ import math
 import pytest
 
 from conftest import SHARED
-from pipeline.captions import load_captions
+from pipeline.labels import load_captions
 from pipeline.metrics import _tokenized, course_bleu1, java_available, score_captions
 from pipeline.ptb_tokenizer import ptb_tokenize
 

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from pipeline.config import SampleConfig
-from pipeline.sample import COLOURS, MOTIONS, SHAPES, attribute_accuracy, generate, parse_attributes
+from pipeline.attributes import attribute_accuracy, parse_attributes
+from pipeline.sample import COLOURS, MOTIONS, SHAPES, generate
 from pipeline.video import read_clip
 
 SMALL = {"clips_per_combination": 1, "test_clips_per_combination": 1, "held_out": 8, "frames": 12, "size": 64}

@@ -13,12 +13,14 @@ import pytest
 import torch
 
 from conftest import CLIPS_DIR, ROOT, run_script
-from pipeline.captions import load_captions, tokenize
+from pipeline.labels import load_captions
+from pipeline.vocab import tokenize
 from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.features import extract
 from pipeline.schedule import inverse_sigmoid
 from pipeline.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from pipeline.training import greedy_captions, train
+from pipeline.decoding import caption_features
+from pipeline.training import train
 from pipeline.store import FeatureStore
 
 LABELS = CLIPS_DIR / "labels.json"
@@ -35,19 +37,25 @@ def _rows(run: Path) -> list[dict]:
 
 
 def test_model_learns_the_tiny_set(clip_features, tmp_path):
-    history = train(_cfg(clip_features, tmp_path / "run", epochs=60, hidden=128, embed=128, batch_size=32,
-                          captions_per_epoch="all", schedule="constant", dropout=0.0, lr=3e-3))
+    """Given one caption per real clip, the model learns to say it: every caption back, word for word
+    (8 of 8 on seeds 0, 1 and 2 here; at least 7 asked, for other machines' rounding)."""
+    labels = tmp_path / "one_each.json"
+    one_each = [{"id": entry["id"], "caption": entry["caption"][:1]} for entry in json.loads(LABELS.read_text())]
+    labels.write_text(json.dumps(one_each))
+    history = train(_cfg(clip_features, tmp_path / "run", labels=str(labels), epochs=40, hidden=64, embed=64,
+                         batch_size=8, captions_per_epoch="all", schedule="constant", dropout=0.0, lr=3e-3,
+                         min_count=1))
     losses = [row["train_loss"] for row in history]
-    means = [sum(losses[i:i + 10]) / 10 for i in range(0, 60, 10)]
-    assert all(a > b for a, b in zip(means, means[1:4])), f"loss should fall steadily: {means}"
-    assert losses[-1] < losses[0] / 3
+    means = [sum(losses[i:i + 10]) / 10 for i in range(0, 40, 10)]
+    assert all(a > b for a, b in zip(means, means[1:])), f"loss should fall steadily: {means}"
+    assert losses[-1] < losses[0] / 5
     model, vocab = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "last.pt"))
     store = FeatureStore(clip_features)
     ids = store.ids()
-    captions = greedy_captions(model, torch.from_numpy(store.read_many(ids)), vocab, torch.device("cpu"))
-    references = load_captions(LABELS)
-    exact = [vid for vid, cap in zip(ids, captions) if any(tokenize(r) == cap.split() for r in references[vid])]
-    assert len(exact) >= 5, f"only {len(exact)} of 8 captions reproduce a reference: {captions}"
+    captions = caption_features(model, vocab, store.read_many(ids), torch.device("cpu"))
+    said = {vid: " ".join(tokenize(caps[0])) for vid, caps in load_captions(labels).items()}
+    exact = [vid for vid, caption in zip(ids, captions) if said[vid] == caption]
+    assert len(exact) >= 7, f"only {len(exact)} of 8 captions are the one taught: {captions}"
 
 
 def test_outputs_validation_and_plots(clip_features, tmp_path):

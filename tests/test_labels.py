@@ -7,7 +7,8 @@ import json
 import pytest
 
 from conftest import SHARED
-from pipeline.captions import CaptionError, Vocab, load_captions, tokenize
+from pipeline.labels import CaptionError, load_captions
+from pipeline.vocab import Vocab, tokenize
 
 MLDS = SHARED / "msvd-mlds"
 STANDARD = SHARED / "msvd-standard"
@@ -47,7 +48,8 @@ def test_msr_video_description_csv_keeps_english_rows(tmp_path):
         "mv89psg6zh4,33,46,3,clean,19,German,Ein Vogel in einem Waschbecken.\n"
         "60x_yxy7Sfw,1,8,4,clean,20,English,A man is playing a guitar.\n")
     captions = load_captions(path)
-    assert captions == {"mv89psg6zh4_33_46.avi": ["A bird in a sink keeps getting water.", "A bird, in a sink, drinks."],
+    assert captions == {"mv89psg6zh4_33_46.avi": ["A bird in a sink keeps getting water.",
+                                                  "A bird, in a sink, drinks."],
                         "60x_yxy7Sfw_1_8.avi": ["A man is playing a guitar."]}
 
 

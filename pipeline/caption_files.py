@@ -1,9 +1,10 @@
-"""Caption video files directly with a trained run: clip -> frames -> features -> caption.
+"""Captions video files straight from the files with a trained run: clip -> frames -> features -> caption.
 
 Reads the given video files and a checkpoint (`RUN/best.pt`); writes nothing, and
 prints one `video_id,caption` line per video. The sampler, frame count, backbone,
 weights and preprocessing are the ones the run was trained on, read from the
 checkpoint; a clip that cannot be read is reported and the others are captioned.
+Two files with the same name (the same video id) are refused before any work.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from pathlib import Path
 import torch
 
 from .backbones import Backbone, WeightsError, load_backbone
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import resolve_device
-from .decoding import DecodeConfig, beam_search
+from .decoding import DecodeConfig, caption_features
+from .errors import ConfigError, run_command
 from .features import encode_clip
+from .labels import format_id_caption
 from .precision import runnable
 from .store import StoreSettings
 from .video import VideoError, read_clip
@@ -49,6 +52,15 @@ def backbone_of(checkpoint: dict, weights_file: str | None) -> Backbone:
 def caption_files(paths: list[Path], run: str, checkpoint_name: str = "best.pt", beam: int = 5,
                   device: str = "auto", weights_file: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """`({video_id: caption}, {file: reason it failed})` for `paths`."""
+    by_id: dict[str, list[str]] = {}
+    for path in paths:
+        by_id.setdefault(path.name, []).append(str(path))
+    same = {vid: files for vid, files in by_id.items() if len(files) > 1}
+    if same:
+        vid, files = next(iter(same.items()))
+        raise ConfigError(f"{len(same)} video ids are given by several files, e.g. {vid!r} by {', '.join(files)}: "
+                          f"a video's id is its file name, so caption such files in separate calls")
+    decode = DecodeConfig(beam=beam)
     checkpoint = load_checkpoint(Path(run) / checkpoint_name)
     model, vocab = model_from_checkpoint(checkpoint)
     trained_on = StoreSettings(**checkpoint["feature_settings"])  # older checkpoints: fp32 features
@@ -63,8 +75,8 @@ def caption_files(paths: list[Path], run: str, checkpoint_name: str = "best.pt",
         except VideoError as exc:
             failures[str(path)] = exc.cause
             continue
-        features = torch.from_numpy(encode_clip(backbone, clip))[None].to(target)  # (1, F, D)
-        captions[path.name] = vocab.decode(beam_search(model, features, DecodeConfig(beam=beam))[0])
+        features = torch.from_numpy(encode_clip(backbone, clip))[None]  # (1, F, D)
+        captions[path.name] = caption_features(model, vocab, features, target, decode)[0]
     return captions, failures
 
 
@@ -77,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--weights", help="the weights file the run's features were made with, if it was a file")
     args = parser.parse_args(argv)
-    try:
-        captions, failures = caption_files([Path(v) for v in args.videos], args.run_dir, args.checkpoint, args.beam,
-                                           args.device, args.weights)
-    except (CheckpointError, WeightsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    captions, failures = caption_files([Path(v) for v in args.videos], args.run_dir, args.checkpoint, args.beam,
+                                       args.device, args.weights)
     for vid, caption in captions.items():
-        print(f"{vid},{caption}")
+        print(format_id_caption(vid, caption))
     for path, reason in failures.items():
         print(f"could not caption {path}: {reason}", file=sys.stderr)
     return 1 if failures else 0

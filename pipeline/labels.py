@@ -1,39 +1,73 @@
-"""Caption label files, the tokenizer, and the vocabulary.
+"""Reads caption label files into `{video_id: [caption, ...]}` in any of four formats.
 
-Reads label files in four formats and returns `{video_id: [caption, ...]}`:
-MLDS JSON (`[{"id": "x.avi", "caption": [...]}]`, the native format), a
+Reads MLDS JSON (`[{"id": "x.avi", "caption": [...]}]`, the native format), a
 `video_id,caption` CSV (one caption a line; the seed's output format too), the MSR
 Video Description Corpus CSV (English rows; id `VideoID_Start_End.avi`), and the
 MSVD standard split (`vidN<TAB>caption` files beside
 `youtube_video_to_id_mapping.txt`). `load_captions` picks the loader from the file.
-Writes nothing; `Vocab.to_dict` is what checkpoints store.
+Files may start with a UTF-8 byte-order mark. In a `video_id,caption` line an id
+holding a comma or a double quote is written quoted, CSV-style (`"a,b.avi",a dog`,
+quotes doubled inside), and read back the same way; the caption is the rest of the
+line. Writes nothing.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import warnings
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
-SPECIALS = (PAD, BOS, EOS, UNK)
+from .errors import PipelineError
+from .video import VIDEO_EXTENSIONS
+from .vocab import tokenize
+
 MSVD_MAPPING = "youtube_video_to_id_mapping.txt"
-_LETTERS = r"[^\s!-/:-@\[-`{-~“”‘’]+"  # anything but space and punctuation, accents and marks included
-_WORD = re.compile(rf"{_LETTERS}(?:'{_LETTERS})?")
 
 
-class CaptionError(Exception):
+class CaptionError(PipelineError):
     """A label file that cannot be read; the message names the file and the entry."""
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-case words; punctuation is split off and dropped ("A man’s dog." -> a man's dog)."""
-    return _WORD.findall(text.lower().replace("\u2019", "'"))
+def read_text(path: Path) -> str:
+    """The text of a UTF-8 file (a byte-order mark dropped); undecodable bytes name the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise CaptionError(f"{path}: line {line} is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+                           f"{exc.start}); save the file as UTF-8") from None
+
+
+def format_id_caption(video_id: str, caption: str) -> str:
+    """One `video_id,caption` line (without its newline); an id with a comma or a quote is quoted."""
+    if "," in video_id or '"' in video_id:
+        video_id = '"' + video_id.replace('"', '""') + '"'
+    return f"{video_id},{caption}"
+
+
+def _split_id_caption(line: str) -> tuple[str, str] | None:
+    """`(video id, caption)` of a `video_id,caption` line, or None if it has no such shape."""
+    if line.startswith('"'):
+        end = 1
+        while True:  # the closing quote is a quote not doubled
+            end = line.find('"', end)
+            if end < 0:
+                return None
+            if line[end + 1:end + 2] != '"':
+                break
+            end += 2
+        if line[end + 1:end + 2] != ",":
+            return None
+        return line[1:end].replace('""', '"'), line[end + 2:]
+    if "," not in line:
+        return None
+    video_id, caption = line.split(",", 1)
+    return video_id, caption
 
 
 def _add(captions: dict[str, list[str]], path: Path, where: str, video_id: str, caption) -> None:
@@ -45,7 +79,7 @@ def _add(captions: dict[str, list[str]], path: Path, where: str, video_id: str, 
 
 def load_mlds_json(path: Path) -> dict[str, list[str]]:
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
+        entries = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise CaptionError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     if not isinstance(entries, list):
@@ -64,27 +98,29 @@ def load_mlds_json(path: Path) -> dict[str, list[str]]:
 
 def read_id_caption_lines(path: Path) -> Iterator[tuple[int, str, str]]:
     """`(line number, video id, caption)` of a `video_id,caption` file (header and blank lines skipped)."""
-    with path.open(encoding="utf-8", newline="") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip() or (line_no == 1 and line.lower().replace(" ", "") == "video_id,caption"):
-                continue
-            if "," not in line:
-                raise CaptionError(f"{path}: line {line_no} is not 'video_id,caption': {line[:80]!r}")
-            video_id, caption = line.split(",", 1)
-            yield line_no, video_id.strip(), caption.strip().strip('"')
+    for line_no, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip() or (line_no == 1 and line.lower().replace(" ", "") == "video_id,caption"):
+            continue
+        parts = _split_id_caption(line.strip())
+        if parts is None:
+            raise CaptionError(f"{path}: line {line_no} is not 'video_id,caption': {line[:80]!r}")
+        yield line_no, parts[0].strip(), parts[1].strip().strip('"')
 
 
 def load_id_caption_csv(path: Path) -> dict[str, list[str]]:
     captions: dict[str, list[str]] = {}
     for line_no, video_id, caption in read_id_caption_lines(path):
+        rest = caption.split(",", 1)[0].strip()
+        if "," in caption and rest.lower().endswith(VIDEO_EXTENSIONS):
+            raise CaptionError(f"{path}: line {line_no}: the id seems cut at a comma ({video_id!r}, then "
+                               f"{rest!r}); quote an id that holds a comma: \"{video_id},{rest}\",caption")
         _add(captions, path, f"line {line_no}", video_id, caption)
     return captions
 
 
 def load_msr_vdc_csv(path: Path) -> dict[str, list[str]]:
     captions: dict[str, list[str]] = {}
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         needed = {"VideoID", "Start", "End", "Language", "Description"}
         if not needed <= set(reader.fieldnames or ()):
@@ -101,14 +137,14 @@ def load_msvd_split(path: Path) -> dict[str, list[str]]:
     if not mapping_path.is_file():
         raise CaptionError(f"{path}: an MSVD split file needs {MSVD_MAPPING} beside it to name the clips")
     clip_of = {}
-    for line_no, line in enumerate(mapping_path.read_text(encoding="utf-8").splitlines(), 1):
+    for line_no, line in enumerate(read_text(mapping_path).splitlines(), 1):
         if line.strip():
             parts = line.split()
             if len(parts) != 2:
                 raise CaptionError(f"{mapping_path}: line {line_no} is not 'clipname vidN': {line[:80]!r}")
             clip_of[parts[1]] = parts[0] + ".avi"
     captions: dict[str, list[str]] = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line_no, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         vid, _, caption = line.partition("\t")
@@ -123,7 +159,7 @@ def load_captions(path: str | Path) -> dict[str, list[str]]:
     path = Path(path)
     if not path.is_file():
         raise CaptionError(f"{path}: no such label file")
-    first = path.read_text(encoding="utf-8", errors="replace").lstrip()[:200]
+    first = read_text(path).lstrip()[:200]
     if first.startswith(("[", "{")):
         loader = load_mlds_json
     elif first.startswith("VideoID,"):
@@ -136,45 +172,3 @@ def load_captions(path: str | Path) -> dict[str, list[str]]:
     if not captions:
         raise CaptionError(f"{path}: no captions found")
     return captions
-
-
-@dataclass
-class Vocab:
-    """Words <-> ids; ids 0..3 are <pad> <bos> <eos> <unk>."""
-
-    words: list[str]
-    min_count: int
-
-    def __post_init__(self):
-        self.index = {w: i for i, w in enumerate(self.words)}
-
-    @classmethod
-    def build(cls, captions: dict[str, list[str]], min_count: int = 3) -> "Vocab":
-        counts = Counter(w for caps in captions.values() for c in caps for w in tokenize(c))
-        kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
-        return cls(list(SPECIALS) + kept, min_count)
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
-
-    def encode(self, caption: str) -> list[int]:
-        return [self.index.get(w, self.unk_id) for w in tokenize(caption)]
-
-    def decode(self, ids) -> str:
-        """Words up to the first <eos>, without the special tokens."""
-        words = []
-        for i in ids:
-            if i == self.eos_id:
-                break
-            if i >= len(SPECIALS):
-                words.append(self.words[i])
-        return " ".join(words)
-
-    def to_dict(self) -> dict:
-        return {"words": self.words, "min_count": self.min_count}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Vocab":
-        return cls(list(data["words"]), int(data["min_count"]))

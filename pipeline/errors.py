@@ -1,0 +1,32 @@
+"""The exception every expected failure derives from, and how a command line reports one.
+
+Reads and writes nothing. An expected failure is one the user can act on: a file that
+cannot be read or written, an option out of range, settings that do not fit. Each
+stage raises its own subclass (`StoreError`, `CaptionError`, `CheckpointError`,
+`VideoError`, `WeightsError`, `ConfigError`, ...) with a message naming the file or
+option and what to do; every command line catches `PipelineError` alone, prints
+`error: <message>` and exits with status 2. Anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class PipelineError(Exception):
+    """A failure the user can act on; the message names the file or option and what to do."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """An option that is out of range, unknown, or does not fit this machine."""
+
+
+def run_command(work: Callable[[], int]) -> int:
+    """`work()`'s exit status; an expected failure is printed as one `error:` line and gives status 2."""
+    try:
+        return work()
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
