@@ -1,4 +1,4 @@
-"""Peak memory of extracting one short and one long clip of the same resolution.
+"""Peak memory of extracting a short clip against a long one of the same resolution.
 
 Writes two generated clips (MJPG `.avi`, 1280 x 720 by default: 10 s and 60 s at
 30 fps) into a temporary folder, then extracts each in a fresh process and reads
@@ -36,11 +36,12 @@ def write_clip(path: Path, seconds: int, width: int, height: int) -> None:
 
 
 def peak_rss_mb(folder: Path, store: Path) -> float:
-    """Peak RSS (MB) of a fresh process extracting `folder` with EfficientNet-Lite0 at 80 frames."""
+    """Peak RSS (MB) of a fresh process extracting `folder` with EfficientNet-Lite0 at 80 frames, on the CPU
+    (what decoding holds does not depend on where the network runs)."""
     child = (f"import resource, sys; sys.path.insert(0, {str(ROOT)!r})\n"
              "from pipeline.config import ExtractConfig\nfrom pipeline.features import extract\n"
              f"s = extract(ExtractConfig(raw={str(folder)!r}, features={str(store)!r}, "
-             "backbone='efficientnet_lite0', weights='imagenet'))\n"
+             "backbone='efficientnet_lite0', weights='imagenet', device='cpu'))\n"
              "assert len(s.done) == 1, s.failed\n"
              # VmHWM is this process's own peak; ru_maxrss can carry the parent's over fork and exec
              "status = open('/proc/self/status').read() if sys.platform == 'linux' else ''\n"

@@ -1,5 +1,6 @@
-"""The seed's way of running S2VT, kept as a speed reference: two `LSTMCell`s
-stepped one time step at a time over all 80 frame steps and all word steps.
+"""The seed's way of running S2VT, kept as a speed reference: two `LSTMCell`s stepped one time step at a time.
+
+They step over all 80 frame steps, then all word steps.
 
 Same layers and sizes as `pipeline.model.S2VT` (plain variant); reads and writes
 nothing; imports nothing of the pipeline.

@@ -1,4 +1,4 @@
-"""Reads colour, shape and motion back out of captions of the sample set, and scores them.
+"""Scores how often a run's captions of the sample set name each clip's true colour, shape, motion.
 
 Reads a run's `captions.txt` and the sample set's `attributes.json` (each clip's
 true colour, shape and motion); adds `attributes` (the share of captions naming

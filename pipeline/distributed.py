@@ -1,4 +1,4 @@
-"""Running under torchrun: which process this is, the process group, and the few collectives used.
+"""Lets a stage run under torchrun: this process's place in the world, its process group, the collectives used.
 
 Reads the environment torchrun sets (`RANK`, `LOCAL_RANK`, `WORLD_SIZE` and the
 rendezvous variables); writes nothing. A plain `python train.py` is a world of one

@@ -1,4 +1,4 @@
-"""The exception every expected failure derives from, and how a command line reports one.
+"""The exception every expected failure derives from, with how a command line reports one.
 
 Reads and writes nothing. An expected failure is one the user can act on: a file that
 cannot be read or written, an option out of range, settings that do not fit. Each

@@ -1,4 +1,4 @@
-"""Evaluates a trained run: its checkpoint captions stored features, which are scored and reported.
+"""Evaluates a trained run: its checkpoint captions stored features, which are scored, then reported.
 
 Reads `RUN/best.pt`, the feature store and the test labels; writes
 `RUN/captions.txt` (one `video_id,caption` line per video, the seed's format),
@@ -21,8 +21,8 @@ from tqdm import tqdm
 from .labels import format_id_caption, load_captions
 from .vocab import Vocab
 from .checkpoint import CheckpointError, feature_problems, load_checkpoint, model_from_checkpoint
-from .config import EvalConfig, add_config_arguments, atomic_write, config_from_args, print_config, resolve_device, \
-    write_json
+from .config import (EvalConfig, add_config_arguments, atomic_write, config_from_args, ensure_writable_folder,
+                     print_config, resolve_device, write_json)
 from .dataset import StoredFeatures, usable_ids
 from .decoding import DecodeConfig, caption_features
 from .errors import run_command
@@ -67,8 +67,8 @@ def write_captions(path: Path, captions: dict[str, str]) -> None:
 
 def evaluate_run(cfg: EvalConfig) -> dict:
     """Caption the test videos with the run's checkpoint, score them and the baseline."""
-    run = Path(cfg.run_dir)
     checkpoint, model, vocab, store = load_run(cfg)
+    run = ensure_writable_folder(cfg.run_dir, "RUN")
     references = load_captions(cfg.references)
     ids = usable_ids(references, store, cfg.references)
     captions = caption_videos(model, vocab, store, ids, cfg)
@@ -87,6 +87,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
 def caption_all(cfg: EvalConfig) -> Path:
     """Caption every video in the store into RUN/captions_all.txt."""
     _, model, vocab, store = load_run(cfg)
+    ensure_writable_folder(cfg.run_dir, "RUN")
     captions = caption_videos(model, vocab, store, store.ids(), cfg)
     path = Path(cfg.run_dir) / "captions_all.txt"
     write_captions(path, captions)

@@ -1,29 +1,35 @@
-"""Feature extraction: a folder of clips -> the HDF5 feature store.
+"""Extracts CNN features of every new or changed clip in a folder into the HDF5 feature store.
 
 Reads every video in `cfg.raw`; writes `cfg.features` (the store), and beside it
 `<stem>.config.json` (the config and the run's summary) and `<stem>.failures.json`
-(each clip that failed, with the reason). Incremental: a clip already in the store
-with the same size and mtime is skipped, so a second run does only new or changed
-clips and retries the ones that failed. Clips are decoded, resized and cropped in
-threads while the backbone encodes the previous one, so on a CPU the run goes at
-about the backbone's own rate (`make bench`). Under torchrun each rank writes the
-clips it extracts to its own `<stem>.shard<rank>.h5`, which rank 0 merges into the
-store and deletes.
+(`{"failed": [...], "warnings": [...]}`: each clip that failed with the reason, and
+each clip extracted with a warning). Incremental: a clip already in the store with
+the same size and mtime (and every source attribute) is skipped, so a second run
+does only new or changed clips and retries the ones that failed. Clips are
+decoded, resized and cropped in threads while the backbone encodes the previous
+one, so on a CPU the run goes at about the backbone's own rate (`make bench`).
+
+A clip's own problems (unreadable, not a video, truncated) make it a failure and
+the run goes on; anything wrong with the store or the GPU (a write that fails,
+out of memory) stops the run with an error naming what to do, and every clip
+finished before stays in the store. Under torchrun each rank extracts every N-th
+clip still to do into its own shard (`shards.py`).
 """
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import json
 import os
 import platform
 import sys
 import time
+import traceback
 from collections import deque
-from itertools import islice
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -33,13 +39,18 @@ from tqdm import tqdm
 
 from . import distributed
 from .backbones import Backbone, load_backbone
-from .config import ExtractConfig, parse_config, resolve_device, write_json
-from .errors import ConfigError, run_command
+from .config import ExtractConfig, ensure_writable_folder, parse_config, resolve_device, write_json
+from .errors import ConfigError, PipelineError, run_command
 from .precision import resolve_precision, runnable
-from .store import FeatureStore, StoreError, StoreSettings
+from .shards import merge_shards, shard_path
+from .store import SOURCE_KEYS, FeatureStore, StoreError, StoreSettings, writer_lock
 from .video import VIDEO_EXTENSIONS, Clip, VideoError, read_clip
 
 GEOMETRY_CHUNK = 8  # frames resized at once in a decoding thread
+# A clip missing more than this share of the frames its container claims fails: its features would
+# describe only part of what its captions describe. Up to it, the clip is extracted from the frames that
+# decode, with a warning (a broken last group of frames is common in downloaded clips).
+TRUNCATION_LIMIT = 0.1
 
 
 @dataclass
@@ -47,6 +58,7 @@ class Summary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)  # {"file": ..., "reason": ...}
+    warnings: list[dict] = field(default_factory=list)  # {"file": ..., "warning": ...}: extracted all the same
     seconds: float = 0.0  # the whole run
     setup_seconds: float = 0.0  # loading the backbone and opening the store, before the first clip
     frames_encoded: int = 0
@@ -56,17 +68,30 @@ class Summary:
         busy = self.seconds - self.setup_seconds
         rate = f"{len(self.done) / busy:.2f} videos/s, {self.frames_encoded / busy:.1f} frames/s" \
             if busy > 0 and self.done else "nothing to extract"
-        return (f"done {len(self.done)}, skipped {len(self.skipped)} (already in the store), "
+        warned = f", {len(self.warnings)} with warnings" if self.warnings else ""
+        return (f"done {len(self.done)}{warned}, skipped {len(self.skipped)} (already in the store), "
                 f"failed {len(self.failed)} in {self.seconds:.1f} s ({rate} after "
                 f"{self.setup_seconds:.1f} s of setup, at {self.precision})")
 
 
-def find_videos(raw: str | Path) -> list[Path]:
-    """The video files directly inside `raw`, sorted by name."""
+def find_videos(raw: str | Path) -> tuple[list[Path], list[dict]]:
+    """The video files directly inside `raw`, sorted by name, and the entries named like videos that are
+    not files (a folder, a broken link) as failures `{"file", "reason"}`."""
     raw = Path(raw)
+    if raw.exists() and not raw.is_dir():
+        raise ConfigError(f"RAW={raw} is a file: RAW is the folder that holds the clips")
     if not raw.is_dir():
         raise ConfigError(f"clip folder {raw} does not exist: put your .avi files there or pass RAW=...")
-    return sorted(p for p in raw.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    videos, unusable = [], []
+    for path in sorted(p for p in raw.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS):
+        if path.is_file():
+            videos.append(path)
+        elif path.is_symlink() and not path.exists():
+            unusable.append({"file": str(path), "reason": f"a broken symbolic link (to {os.readlink(path)})"})
+        else:
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            unusable.append({"file": str(path), "reason": f"{kind}, named like a video"})
+    return videos, unusable
 
 
 def package_versions() -> dict[str, str]:
@@ -88,11 +113,11 @@ def store_settings(backbone: Backbone, cfg: ExtractConfig) -> StoreSettings:
 
 
 def _is_current(path: Path, source: dict | None) -> bool:
-    if source is None:
+    """Whether the store's entry for `path` was made from the file as it is now (and is whole)."""
+    if source is None or any(key not in source for key in SOURCE_KEYS):
         return False
     stat = path.stat()
-    return int(source.get("source_size", -1)) == stat.st_size and \
-        int(source.get("source_mtime_ns", -1)) == stat.st_mtime_ns
+    return int(source["source_size"]) == stat.st_size and int(source["source_mtime_ns"]) == stat.st_mtime_ns
 
 
 @dataclass
@@ -131,31 +156,63 @@ def encode_clip(backbone: Backbone, clip: Clip, batch: int = 0) -> np.ndarray:
     return encode_prepared(backbone, *prepare_clip(clip, backbone), frames_per_forward(batch, backbone.device))
 
 
-def _read(path: Path, cfg: ExtractConfig, backbone: Backbone) -> Prepared:
-    stat = path.stat()
-    clip = read_clip(path, cfg.frames, cfg.decoder)
-    return Prepared(_source_attrs(stat, clip), *prepare_clip(clip, backbone))
+@dataclass
+class Decoded:
+    """One clip after its decoding thread: ready for the backbone, or why it cannot be."""
+
+    path: Path
+    prepared: Prepared | None = None
+    failure: str | None = None  # the clip's own problem: it is not extracted
+    warning: str | None = None  # extracted all the same
+    unreadable: bool = False  # the file itself cannot be decoded (so older features of it are stale)
 
 
-def _prepared(paths: list[Path], cfg: ExtractConfig, backbone: Backbone,
-              pool: ThreadPoolExecutor, ahead: int) -> Iterator[tuple[Path, object]]:
-    """Yield `(path, Prepared or the exception it raised)` in order, `ahead` clips decoding in `pool`."""
+def _decode(path: Path, cfg: ExtractConfig, backbone: Backbone) -> Decoded:
+    """Decode and prepare one clip (in a decoding thread); whatever goes wrong is this clip's failure, with
+    the traceback kept when it is not a known way for a file to be unreadable."""
+    try:
+        stat = path.stat()
+        clip = read_clip(path, cfg.frames, cfg.decoder)
+    except VideoError as exc:
+        return Decoded(path, failure=exc.cause, unreadable=True)
+    except Exception as exc:  # a decoder failing in a way we do not know: report it in full, go on
+        return Decoded(path, failure=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", unreadable=True)
+    missing = clip.missing_frames
+    if missing > TRUNCATION_LIMIT * clip.claimed_frames:
+        return Decoded(path, failure=f"truncated or damaged: only {clip.n_frames} of the {clip.claimed_frames} "
+                                     f"frames its header claims decode; re-download or re-encode it",
+                       unreadable=True)
+    warning = f"{clip.n_frames} of the {clip.claimed_frames} frames its header claims decode (truncated?); " \
+              f"extracted from those" if missing else None
+    return Decoded(path, Prepared(_source_attrs(stat, clip), *prepare_clip(clip, backbone)), warning=warning)
+
+
+def _decoded(paths: list[Path], cfg: ExtractConfig, backbone: Backbone, pool: ThreadPoolExecutor,
+             ahead: int) -> Iterator[Decoded]:
+    """Each clip of `paths` decoded, in order, with `ahead` clips decoding in `pool` meanwhile."""
     queue = iter(paths)
-    pending = deque((p, pool.submit(_read, p, cfg, backbone)) for p in islice(queue, ahead))
+    pending = deque(pool.submit(_decode, p, cfg, backbone) for p in islice(queue, ahead))
     while pending:
-        path, future = pending.popleft()
+        future = pending.popleft()
         following = next(queue, None)
         if following is not None:
-            pending.append((following, pool.submit(_read, following, cfg, backbone)))
-        try:
-            yield path, future.result()
-        except Exception as exc:  # recorded as this clip's failure; the run goes on
-            yield path, exc
+            pending.append(pool.submit(_decode, following, cfg, backbone))
+        yield future.result()
 
 
 def _source_attrs(stat: os.stat_result, clip: Clip) -> dict:
     return {"source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns, "n_frames": clip.n_frames,
-            "fps": clip.fps, "indices": clip.indices, "decoder": clip.backend}
+            "fps": clip.fps, "indices": clip.indices, "decoder": clip.backend, "claimed_frames": clip.claimed_frames}
+
+
+def _encode(backbone: Backbone, prepared: Prepared, batch: int) -> np.ndarray:
+    """`encode_prepared`; a GPU out of memory stops the run with the setting to lower."""
+    try:
+        return encode_prepared(backbone, prepared.frames, prepared.inverse, batch)
+    except torch.OutOfMemoryError:
+        raise PipelineError(f"the GPU ran out of memory encoding {batch} frames at once: lower BATCH (frames per "
+                            f"forward pass, e.g. BATCH={max(1, batch // 2)}); every clip finished before is in "
+                            f"the store, and the next run goes on from there") from None
 
 
 def decode_workers(cfg: ExtractConfig, device: torch.device) -> int:
@@ -171,35 +228,16 @@ def check_options(cfg: ExtractConfig) -> tuple[torch.device, str]:
 
     `auto` precision extends an existing store at the precision it was made with.
     """
+    store = Path(cfg.features)
+    if store.is_dir():
+        raise ConfigError(f"FEATURES={store} is a folder: give the path of the .h5 file to create or extend, "
+                          f"e.g. {store / 'vgg16_80.h5'}")
+    ensure_writable_folder(store.parent, "FEATURES")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    if cfg.precision == "auto" and Path(cfg.features).is_file():
-        precision = runnable(FeatureStore(cfg.features).settings.precision, device)
+    if cfg.precision == "auto" and store.is_file():
+        precision = runnable(FeatureStore(store).settings.precision, device)
     return device, precision
-
-
-def _reason(exc: Exception) -> str:
-    return exc.cause if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
-
-
-def shard_path(features: str | Path, rank: int) -> Path:
-    store = Path(features)
-    return store.with_name(f"{store.stem}.shard{rank}{store.suffix}")
-
-
-def shards_beside(features: str | Path) -> list[Path]:
-    """The shard stores of torchrun ranks beside the store `features` (`<stem>.shard<rank>.h5`)."""
-    store = Path(features)
-    prefix = f"{store.stem}.shard"
-    return sorted(p for p in store.parent.glob(glob.escape(prefix) + "*" + store.suffix)
-                  if p.name[len(prefix):-len(store.suffix)].isdigit())
-
-
-def merge_shards(store: FeatureStore) -> int:
-    """Move the videos of every shard store beside `store` into it, deleting each shard once it is
-    merged; returns how many videos moved. Safe to repeat after a crash: a video merged twice is
-    simply written again."""
-    return sum(store.absorb(shard) for shard in shards_beside(store.path))
 
 
 def extract(cfg: ExtractConfig) -> Summary:
@@ -218,64 +256,85 @@ def extract(cfg: ExtractConfig) -> Summary:
 
 def _extract(cfg: ExtractConfig, world: distributed.World) -> Summary:
     start = time.perf_counter()
-    device, precision = check_options(cfg)  # every rank reads the store's precision ...
+    device, precision = check_options(cfg)
     device = distributed.device_for(device, world)
-    distributed.barrier(world)  # ... before rank 0 may write to it
-    videos = find_videos(cfg.raw)
-    backbone = load_backbone(cfg.backbone, cfg.weights).place(device, precision)
-    settings, versions = store_settings(backbone, cfg), package_versions()
+    with writer_lock(cfg.features) if world.is_main else contextlib.nullcontext():
+        # Every rank has read the store's settings, and rank 0 holds the store for this run: a second run is
+        # refused before any of its ranks writes anything.
+        distributed.barrier(world)
+        videos, unusable = find_videos(cfg.raw)
+        backbone = load_backbone(cfg.backbone, cfg.weights).place(device, precision)
+        main_store, store = _open_stores(cfg, store_settings(backbone, cfg), world)
+        known = main_store.sources()
+        summary = Summary(precision=precision, failed=unusable if world.is_main else [])
+        todo = [path for path in videos if not _is_current(path, known.get(path.name))]
+        summary.skipped = [path.name for path in videos if path not in todo]
+        summary.setup_seconds = time.perf_counter() - start
+        stale = _extract_clips(todo[world.rank::world.size], cfg, backbone, store, known, summary, world)
+        summary.seconds = time.perf_counter() - start
+        parts = distributed.gather((summary, stale), world)
+        if world.is_main:
+            _merge_ranks(cfg, main_store, [v for _, part in parts for v in part], world)
+        distributed.barrier(world)
+    return _combined([s for s, _ in parts]) if world.distributed else summary
+
+
+def _open_stores(cfg: ExtractConfig, settings: StoreSettings, world: distributed.World
+                 ) -> tuple[FeatureStore, FeatureStore]:
+    """The store, and the one this rank writes (its shard under torchrun). Rank 0 first clears what
+    interrupted writes left and merges the shards a run that died left behind."""
+    versions = package_versions()
     if world.is_main:
-        merge_shards(FeatureStore.open_or_create(cfg.features, settings, versions))
+        main_store = FeatureStore.open_or_create(cfg.features, settings, versions)
+        main_store.discard_incomplete()
+        merge_shards(main_store)
     distributed.barrier(world)
     main_store = FeatureStore.open_or_create(cfg.features, settings, versions)
-    known = main_store.sources()
-    summary = Summary(precision=precision)
-    todo = []
-    for path in videos:
-        if _is_current(path, known.get(path.name)):
-            summary.skipped.append(path.name)
-        else:
-            todo.append(path)
-    todo = todo[world.rank::world.size]
-    store = FeatureStore.open_or_create(shard_path(cfg.features, world.rank), settings, versions) \
-        if world.distributed else main_store
-    stale = []  # failed clips whose old features no longer describe the file
-    workers, batch = decode_workers(cfg, device), frames_per_forward(cfg.batch, device)
-    summary.setup_seconds = time.perf_counter() - start
+    if not world.distributed:
+        return main_store, main_store
+    return main_store, FeatureStore.open_or_create(shard_path(cfg.features, world.rank), settings, versions)
+
+
+def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, store: FeatureStore, known: dict,
+                   summary: Summary, world: distributed.World) -> list[str]:
+    """Extract `todo` into `store`, recording each clip in `summary`; returns the ids whose stored
+    features no longer describe their file (it changed, and now cannot be decoded)."""
+    stale = []
+    workers, batch = decode_workers(cfg, backbone.device), frames_per_forward(cfg.batch, backbone.device)
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), unit="video", desc="features",
                                                    disable=not todo or not world.is_main) as bar:
-        for path, result in _prepared(todo, cfg, backbone, pool, ahead=workers + 1):
-            try:
-                if isinstance(result, Exception):
-                    raise result
-                features = encode_prepared(backbone, result.frames, result.inverse, batch)
-                store.write(path.name, features, result.source)
-                summary.done.append(path.name)
+        for clip in _decoded(todo, cfg, backbone, pool, ahead=workers + 1):
+            if clip.failure:
+                summary.failed.append({"file": str(clip.path), "reason": clip.failure})
+                if clip.unreadable and clip.path.name in known:
+                    stale.append(clip.path.name)
+            else:
+                store.write(clip.path.name, _encode(backbone, clip.prepared, batch), clip.prepared.source)
+                summary.done.append(clip.path.name)
                 summary.frames_encoded += cfg.frames
-            except Exception as exc:  # a failed clip is reported, never fatal to the run
-                summary.failed.append({"file": str(path), "reason": _reason(exc)})
-                if path.name in known:
-                    stale.append(path.name)
+                if clip.warning:
+                    summary.warnings.append({"file": str(clip.path), "warning": clip.warning})
             bar.update()
             bar.set_postfix(failed=len(summary.failed))
-    summary.seconds = time.perf_counter() - start
-    parts = distributed.gather((summary, stale), world)
-    if world.is_main:
-        unseen = [r for r in range(world.size) if world.distributed and not shard_path(cfg.features, r).is_file()]
-        if unseen:
-            raise StoreError(f"the shards of ranks {unseen} are not visible here: under torchrun on several "
-                             f"machines FEATURES must be on a filesystem they all share")
-        merge_shards(main_store)
-        for video_id in (v for _, part in parts for v in part):
-            main_store.remove(video_id)
-    distributed.barrier(world)
-    return _combined([s for s, _ in parts]) if world.distributed else summary
+    return stale
+
+
+def _merge_ranks(cfg: ExtractConfig, main_store: FeatureStore, stale: list[str], world: distributed.World) -> None:
+    """Rank 0, at the end: every rank's shard into the store, and stale entries out of it."""
+    unseen = [r for r in range(world.size) if world.distributed and not shard_path(cfg.features, r).is_file()]
+    if unseen:
+        raise StoreError(f"the shards of ranks {unseen} are not visible here: under torchrun on several "
+                         f"machines FEATURES must be on a filesystem they all share")
+    merge_shards(main_store)
+    for video_id in stale:
+        main_store.remove(video_id)
 
 
 def _combined(summaries: list[Summary]) -> Summary:
     """One summary of all ranks' (each rank saw the same skipped clips)."""
     return Summary(done=[v for s in summaries for v in s.done], skipped=summaries[0].skipped,
-                   failed=[f for s in summaries for f in s.failed], seconds=max(s.seconds for s in summaries),
+                   failed=[f for s in summaries for f in s.failed],
+                   warnings=[w for s in summaries for w in s.warnings], seconds=max(s.seconds for s in summaries),
                    setup_seconds=max(s.setup_seconds for s in summaries),
                    frames_encoded=sum(s.frames_encoded for s in summaries), precision=summaries[0].precision)
 
@@ -307,10 +366,12 @@ def _run(cfg: ExtractConfig) -> int:
     config_path, failures_path = _outputs(cfg.features)
     if distributed.launched_rank() == 0:
         write_json(config_path, {"config": asdict(cfg), "summary": asdict(summary) | {"line": summary.line()}})
-        write_json(failures_path, summary.failed)
+        write_json(failures_path, {"failed": summary.failed, "warnings": summary.warnings})
     print(summary.line())
+    for warning in summary.warnings:
+        print(f"  warning: {warning['file']}: {warning['warning']}")
     for failure in summary.failed:
-        print(f"  failed: {failure['file']}: {failure['reason']}")
+        print(f"  failed: {failure['file']}: {failure['reason'].splitlines()[0]}")
     if summary.failed:
         print(f"{len(summary.failed)} clips failed (listed in {failures_path}); they are retried on the next run")
     print(f"store: {cfg.features}")

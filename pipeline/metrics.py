@@ -1,4 +1,4 @@
-"""Caption metrics: the course's per-video BLEU-1 and the coco-caption metrics.
+"""Caption metrics: the course's per-video BLEU-1 beside the coco-caption metrics.
 
 Reads nothing from disk; takes `{video_id: caption}` and `{video_id: [references]}`
 and returns plain dicts with the keys of `scores.json`: `mlds_bleu1` (the seed's

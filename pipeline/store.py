@@ -1,24 +1,38 @@
-"""The HDF5 feature store: one file per (backbone, frames, weights) setting.
+"""The HDF5 feature store: one file of per-video features for one (backbone, frames, weights) setting.
 
 Reads and writes one `.h5` file. Each video's features are the dataset
 `features/<video_id>` of shape `(F, D)`, readable with plain h5py; the file's
 attributes record how it was made (`StoreSettings` plus package versions), and
-each dataset's attributes record the video's source (size, mtime, decoded frame
-count, fps, sampled indices, decoder).
+each dataset's attributes record the video's source (size, mtime, decoded and
+claimed frame counts, fps, sampled indices, decoder).
 
-Writes open, append and close the file for every video, so between two videos the
-file on disk is complete and closed: a run killed at any moment loses at most the
-video it was writing.
+What it guarantees, and how:
+- Between two videos the file on disk is complete and closed: every write opens,
+  appends and closes it, so a run killed at any moment loses at most the video it
+  was writing.
+- A video's entry is written all or nothing: its array and attributes are written
+  under `incomplete/<video_id>` and only then moved to `features/<video_id>`; an
+  interrupted or failed write leaves nothing under `features/`.
+- One extraction run writes to a store at a time (`writer_lock`, a hidden lock
+  file beside it, `.<name>.lock`, holding the writer's process id); another is
+  refused at its start.
+- Readers and the writer wait for each other's brief opens (HDF5's file lock)
+  instead of failing; a file that cannot be read because it is damaged, not ours,
+  a folder or not writable is a `StoreError` naming it and what to do.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
 import sys
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import numpy as np
@@ -28,6 +42,11 @@ from .errors import PipelineError
 FORMAT = "s2vt-features"
 FORMAT_VERSION = 1
 SOURCE_KEYS = ("source_size", "source_mtime_ns", "n_frames", "fps", "indices", "decoder")
+INCOMPLETE = "incomplete"  # the group a video's entry is written in before it is moved to `features`
+LOCK_WAIT = 600.0  # seconds to wait for another process's open of the file before giving up
+LOCK_NOTE = 5.0  # seconds after which the wait is announced
+# What h5py raises reading a file whose bytes were damaged (bad signatures, headers, heaps).
+DAMAGE = (OSError, KeyError, RuntimeError, ValueError, AttributeError, TypeError)
 
 
 class StoreError(PipelineError):
@@ -67,11 +86,75 @@ def _read_settings(f: h5py.File, path: Path) -> StoreSettings:
 
 
 def _open(path: Path, mode: str) -> h5py.File:
+    """`h5py.File(path, mode)`, waiting while another process has it open for writing (or, to write,
+    for reading); every other failure is a `StoreError` saying what is wrong with the file."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not a feature store: give the path of the .h5 file")
+    waited = 0.0
+    while True:
+        try:
+            return h5py.File(path, mode)
+        except BlockingIOError:  # HDF5's lock: another process is inside the file right now
+            if waited >= LOCK_WAIT:
+                raise StoreError(f"{path} stayed locked by another process for {LOCK_WAIT:.0f} s; try again "
+                                 f"when it is done") from None
+            if waited < LOCK_NOTE <= waited + 0.05:
+                print(f"waiting for another process to close {path} ...", file=sys.stderr, flush=True)
+            time.sleep(0.05)
+            waited += 0.05
+        except PermissionError as exc:
+            raise StoreError(f"{path} cannot be {'read' if mode == 'r' else 'written'} ({exc.strerror}): "
+                             f"change its permissions or pass another FEATURES path") from None
+        except OSError as exc:
+            if mode != "r" and not os.access(path, os.W_OK):
+                raise StoreError(f"{path} cannot be written (read-only): make it writable or pass another "
+                                 f"FEATURES path") from None
+            raise StoreError(f"{path} cannot be opened as HDF5 ({exc}): it is damaged or not a feature store; "
+                             f"move it away or pass another FEATURES path") from None
+
+
+@contextlib.contextmanager
+def _inside(path: Path, mode: str) -> Iterator[h5py.File]:
+    """The open file; what h5py raises on damaged bytes inside it becomes a `StoreError` naming it."""
+    with _open(path, mode) as f:
+        try:
+            yield f
+        except StoreError:
+            raise
+        except DAMAGE as exc:
+            raise StoreError(f"{path} is damaged inside ({type(exc).__name__}: {exc}); `python -m pipeline.store "
+                             f"{path}` lists what can still be read; move it away to extract again") from None
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | Path) -> Iterator[None]:
+    """Hold the right to write `path` for one run: a lock file beside it (`.<name>.lock`) with this
+    process's id; a store another run is writing is refused with that run's process id."""
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
     try:
-        return h5py.File(path, mode)
+        handle = open(lock, "a+")
     except OSError as exc:
-        raise StoreError(f"{path} cannot be opened as HDF5 ({exc}); move it away or pass another "
-                         f"FEATURES path") from None
+        raise StoreError(f"cannot write beside {path} ({exc.strerror}): pass a FEATURES path in a folder you "
+                         f"can write") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise StoreError(f"{path} is in use by process {owner} (another feature extraction writing it): "
+                             f"wait for it to finish, or pass another FEATURES path") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class FeatureStore:
@@ -79,75 +162,102 @@ class FeatureStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.is_file():
+        if not self.path.exists():
             raise StoreError(f"{self.path}: no such feature store (run `make features` first)")
-        with _open(self.path, "r") as f:
+        with _inside(self.path, "r") as f:
             self.settings = _read_settings(f, self.path)
             self.info = dict(f.attrs)
 
     @classmethod
     def open_or_create(cls, path: str | Path, settings: StoreSettings, versions: dict) -> "FeatureStore":
-        """Open `path` for appending with `settings`, creating it if missing.
+        """Open `path` for appending with `settings`, creating it if missing (safely when several processes
+        try at once: one file wins, the others open it).
 
         A file made with other settings is refused: features of two settings never mix.
         """
         path = Path(path)
-        if path.exists():
-            store = cls(path)
-            diff = store.settings.differences(settings)
-            if diff:
-                raise StoreError(f"{path} was made with other settings ({'; '.join(diff)}, 'here' being the "
-                                 f"store and 'there' what was asked for); pass another "
-                                 f"FEATURES path for this setting, or delete the file to rebuild it")
-            return store
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".creating")
-        with h5py.File(partial, "w") as f:
-            f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(settings),
-                            "versions": json.dumps(versions, sort_keys=True),
-                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            f.create_group("features")
-        partial.replace(path)
-        return cls(path)
+        if not path.exists():
+            cls._create(path, settings, versions)
+        store = cls(path)
+        diff = store.settings.differences(settings)
+        if diff:
+            raise StoreError(f"{path} was made with other settings ({'; '.join(diff)}, 'here' being the "
+                             f"store and 'there' what was asked for); pass another "
+                             f"FEATURES path for this setting, or delete the file to rebuild it")
+        return store
+
+    @staticmethod
+    def _create(path: Path, settings: StoreSettings, versions: dict) -> None:
+        partial = path.with_name(f".{path.name}.creating{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with h5py.File(partial, "w") as f:
+                f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(settings),
+                                "versions": json.dumps(versions, sort_keys=True),
+                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                f.create_group("features")
+            os.link(partial, path)  # fails if another process created it meanwhile: theirs stands
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot create the feature store {path} ({exc.strerror or exc}): pass a FEATURES "
+                             f"path in a folder you can write") from None
+        finally:
+            partial.unlink(missing_ok=True)
 
     @property
     def feature_dim(self) -> int:
         return self.settings.feature_dim
 
     def ids(self) -> list[str]:
-        with _open(self.path, "r") as f:
+        with _inside(self.path, "r") as f:
             return sorted(f["features"].keys())
 
     def sources(self) -> dict[str, dict]:
         """Per video id, the source attributes recorded with its features."""
-        with _open(self.path, "r") as f:
-            return {vid: {k: ds.attrs[k] for k in SOURCE_KEYS if k in ds.attrs}
-                    for vid, ds in f["features"].items()}
+        with _inside(self.path, "r") as f:
+            return {vid: dict(ds.attrs) for vid, ds in f["features"].items()}
 
     def read(self, video_id: str) -> np.ndarray:
         return self.read_many([video_id])[0]
 
     def read_many(self, video_ids: list[str]) -> np.ndarray:
         """Features of `video_ids` as one `(N, F, D)` array, in that order."""
-        with _open(self.path, "r") as f:
+        with _inside(self.path, "r") as f:
             group = f["features"]
             missing = [v for v in video_ids if v not in group]
             if missing:
-                raise KeyError(f"{self.path} has no features for {len(missing)} ids, e.g. {missing[:3]}")
+                raise StoreError(f"{self.path} has no features for {len(missing)} ids, e.g. {missing[:3]}")
             return np.stack([group[v][()] for v in video_ids]) if video_ids else np.zeros(
                 (0, self.settings.frames, self.settings.feature_dim), np.float32)
 
     def write(self, video_id: str, features: np.ndarray, source: dict) -> None:
-        """Add (or replace) one video's `(F, D)` features with its source attributes."""
+        """Add (or replace) one video's `(F, D)` features with its source attributes, all or nothing."""
         expected = (self.settings.frames, self.settings.feature_dim)
         if features.shape != expected:
             raise ValueError(f"features for {video_id} have shape {features.shape}, store wants {expected}")
-        with _open(self.path, "a") as f:
-            group = f["features"]
-            if video_id in group:
-                del group[video_id]
-            ds = group.create_dataset(video_id, data=features.astype(self.settings.dtype))
-            ds.attrs.update(source)
+        with _inside(self.path, "a") as f:
+            partial = f.require_group(INCOMPLETE)
+            if video_id in partial:
+                del partial[video_id]
+            try:
+                ds = partial.create_dataset(video_id, data=features.astype(self.settings.dtype))
+                ds.attrs.update(source)
+            except Exception as exc:
+                if video_id in partial:
+                    del partial[video_id]
+                raise StoreError(f"{self.path}: the features of {video_id} could not be written ({exc}); the "
+                                 f"store holds everything written before it") from None
+            done = f["features"]
+            if video_id in done:
+                del done[video_id]
+            f.move(f"{INCOMPLETE}/{video_id}", f"features/{video_id}")
+
+    def discard_incomplete(self) -> None:
+        """Drop what interrupted writes left under `incomplete/` (those videos are extracted again)."""
+        with _inside(self.path, "a") as f:
+            if INCOMPLETE in f:
+                del f[INCOMPLETE]
 
     def absorb(self, shard: Path) -> int:
         """Move every video of the store `shard` (made with the same settings) into this one, one
@@ -159,7 +269,7 @@ class FeatureStore:
                              f"delete the shard, its clips will be extracted again")
         ids = other.ids()
         for video_id in ids:
-            with _open(shard, "r") as f:
+            with _inside(shard, "r") as f:
                 ds = f["features"][video_id]
                 features, source = ds[()], dict(ds.attrs)
             self.write(video_id, features, source)
@@ -167,26 +277,46 @@ class FeatureStore:
         return len(ids)
 
     def remove(self, video_id: str) -> None:
-        with _open(self.path, "a") as f:
+        with _inside(self.path, "a") as f:
             if video_id in f["features"]:
                 del f["features"][video_id]
 
     def validate(self) -> list[str]:
-        """Every problem found in the file, as sentences; an empty list means valid."""
+        """Every problem found in the file, as sentences; an empty list means valid. Damage is reported
+        per entry as far as the file can be read, never raised."""
         problems = []
         expected = (self.settings.frames, self.settings.feature_dim)
-        with _open(self.path, "r") as f:
-            for vid, ds in f["features"].items():
-                if ds.shape != expected:
-                    problems.append(f"{vid}: shape {ds.shape}, expected {expected}")
-                elif ds.dtype != np.dtype(self.settings.dtype):
-                    problems.append(f"{vid}: dtype {ds.dtype}, expected {self.settings.dtype}")
-                elif not np.isfinite(ds[()]).all():
-                    problems.append(f"{vid}: non-finite values")
-                missing = [k for k in SOURCE_KEYS if k not in ds.attrs]
-                if missing:
-                    problems.append(f"{vid}: source attributes missing: {', '.join(missing)}")
+        try:
+            with _open(self.path, "r") as f:
+                try:
+                    names = list(f["features"].keys())
+                    leftovers = list(f[INCOMPLETE].keys()) if INCOMPLETE in f else []
+                except DAMAGE as exc:
+                    return [f"{self.path}: the list of videos cannot be read ({type(exc).__name__}: {exc}): the "
+                            f"file is damaged; move it away to extract again"]
+                problems += [f"{vid}: an interrupted write left it incomplete; it is not in the store, and the "
+                             f"next `make features` extracts it again" for vid in leftovers]
+                for vid in names:
+                    problems += _entry_problems(f, vid, expected, np.dtype(self.settings.dtype))
+        except StoreError as exc:
+            problems.append(str(exc))
         return problems
+
+
+def _entry_problems(f: h5py.File, vid: str, expected: tuple[int, int], dtype: np.dtype) -> list[str]:
+    try:
+        ds = f["features"][vid]
+        if ds.shape != expected:
+            return [f"{vid}: shape {ds.shape}, expected {expected}"]
+        if ds.dtype != dtype:
+            return [f"{vid}: dtype {ds.dtype}, expected {dtype}"]
+        problems = [] if np.isfinite(ds[()]).all() else [f"{vid}: non-finite values"]
+        missing = [k for k in SOURCE_KEYS if k not in ds.attrs]
+        if missing:
+            problems.append(f"{vid}: source attributes missing: {', '.join(missing)}")
+        return problems
+    except DAMAGE as exc:
+        return [f"{vid}: cannot be read ({type(exc).__name__}: {exc}): damaged"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,8 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for key, value in sorted(store.info.items()):
         print(f"{key:>14}: {value}")
-    print(f"{'videos':>14}: {len(store.ids())}")
     problems = store.validate()
+    try:
+        print(f"{'videos':>14}: {len(store.ids())}")
+    except StoreError:
+        pass  # the list itself is damaged: validate says so
     for problem in problems:
         print(f"problem: {problem}")
     print("valid" if not problems else f"{len(problems)} problems")

@@ -1,4 +1,4 @@
-"""One optimisation step of S2VT: forward, loss, backward, clipping and the Adam update.
+"""One optimisation step of S2VT: forward, loss, backward, clipping, the Adam update.
 
 Reads and writes nothing; `TrainStep` is what the training loop calls once per
 batch. It runs the step eagerly, or, on one CUDA GPU, replays it from a captured

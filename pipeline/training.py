@@ -11,6 +11,7 @@ and under torchrun the processes and their weight check `distributed`'s.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -30,10 +31,10 @@ from .labels import load_captions
 from .vocab import Vocab
 from .checkpoint import (CheckpointError, Progress, build_checkpoint, check_resumable, load_checkpoint, restore,
                          save_checkpoint)
-from .config import TrainConfig, atomic_write, parse_config, resolve_device, write_json
+from .config import TrainConfig, atomic_write, ensure_writable_folder, parse_config, resolve_device, write_json
 from .dataset import CaptionSet, batches, build_set, epoch_captions, features_fit, split_ids, usable_ids
 from .decoding import caption_features
-from .errors import run_command
+from .errors import PipelineError, run_command
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
 from .plots import plot_history
@@ -178,7 +179,7 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     if cfg.batch_size % world.size:
         raise ValueError(f"the global batch size {cfg.batch_size} must divide by the number of processes "
                          f"{world.size}: pass a BATCH that does")
-    run = Path(cfg.run_dir)
+    run = ensure_writable_folder(cfg.run_dir, "RUN")
     precision = resolve_precision(cfg.precision, device, allowed=("auto", "fp32", "bf16"), auto_bf16_on_cpu=False)
     store, vocab, train_set, val_set = prepare(cfg, device, world.local_size)
     model, optimizer, scheduler = build(cfg, store, vocab, device)
@@ -205,11 +206,12 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     probs = teacher_forcing(cfg.schedule, cfg.epochs)
     for epoch in range(progress.epoch, cfg.epochs):
         began = time.perf_counter()
-        train_loss = train_one_epoch(step, train_set, epoch, cfg, float(probs[epoch]), world)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        scores = validate(model, val_set, vocab, device, cfg, precision, world) if val_set else \
-            {"val_loss": None, "val_bleu": None}
+        with _out_of_memory_names_batch(cfg, run, progress):
+            train_loss = train_one_epoch(step, train_set, epoch, cfg, float(probs[epoch]), world)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            scores = validate(model, val_set, vocab, device, cfg, precision, world) if val_set else \
+                {"val_loss": None, "val_bleu": None}
         progress.history.append({"epoch": epoch, "train_loss": train_loss, **scores,
                                  "teacher_forcing": float(probs[epoch]), "lr": lr,
                                  "seconds": time.perf_counter() - began})
@@ -227,6 +229,19 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
         plot_history(run, progress.history, probs)
     print(f"run: {run} (best.pt, last.pt, metrics.csv, curves.png, schedule.png)")
     return progress.history
+
+
+@contextlib.contextmanager
+def _out_of_memory_names_batch(cfg: TrainConfig, run: Path, progress: Progress):
+    """A GPU out of memory becomes an error naming the setting to lower; finished epochs are in last.pt."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        kept = f"{run / 'last.pt'} holds the {progress.epoch} epochs finished" if progress.epoch else \
+            "no epoch had finished"
+        raise PipelineError(f"the GPU ran out of memory training with BATCH={cfg.batch_size}: lower BATCH (e.g. "
+                            f"BATCH={max(1, cfg.batch_size // 2)}); {kept}, and the next run resumes from there") \
+            from None
 
 
 def _save(run: Path, checkpoint: dict, improved: bool, history: list[dict]) -> None:

@@ -1,4 +1,4 @@
-"""Frame sampling and exact frame decoding.
+"""Decodes exactly the uniformly sampled frames of a clip.
 
 Reads a video file (.avi, .mp4, .mkv, .webm, .mov); writes nothing.
 `read_frames(path, n)` returns the `n` uniformly sampled frames as RGB uint8
@@ -46,6 +46,12 @@ class Clip:
     n_frames: int  # frames really decoded (the container's count can lie)
     fps: float
     backend: str
+    claimed_frames: int = 0  # the frame count the container claims (0: it claims none)
+
+    @property
+    def missing_frames(self) -> int:
+        """Frames the container claims that do not decode (a truncated or damaged file)."""
+        return max(self.claimed_frames - self.n_frames, 0)
 
 
 def sample_indices(n_total: int, n: int = 80) -> np.ndarray:
@@ -91,7 +97,7 @@ class _DecordReader:
     def __init__(self, path: Path):
         import decord
 
-        self._error = (RuntimeError, decord._ffi.base.DECORDError)
+        self._error = (RuntimeError, decord.DECORDError)
         try:
             self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         except self._error as exc:
@@ -165,7 +171,7 @@ def read_clip(path: str | Path, n: int = 80, backend: str = "auto") -> Clip:
     backend = DEFAULT_BACKEND if backend == "auto" else backend
     if backend not in _READERS:
         raise ValueError(f"unknown video backend {backend!r}; known: auto, {', '.join(BACKENDS)}")
-    expected = _reported_frames(path, backend)
+    expected = claimed = _reported_frames(path, backend)
     if expected == 0:  # no count in the container: count the frames first
         expected = _decode_pass(path, backend, None)[1]
     for _ in range(MAX_PASSES):
@@ -179,7 +185,7 @@ def read_clip(path: str | Path, n: int = 80, backend: str = "auto") -> Clip:
     else:
         raise VideoError(path, f"decodes to a different number of frames on each of {MAX_PASSES} reads")
     frames = np.stack([kept[i] for i in indices.tolist()])  # (n, H, W, 3)
-    return Clip(frames=frames, indices=indices, n_frames=n_decoded, fps=fps, backend=backend)
+    return Clip(frames=frames, indices=indices, n_frames=n_decoded, fps=fps, backend=backend, claimed_frames=claimed)
 
 
 def read_frames(path: str | Path, n: int = 80, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Words and their ids: the tokenizer, and the vocabulary a model is trained with.
+"""Turns captions into the word ids a model is trained with: the tokenizer, the vocabulary.
 
 Reads and writes nothing. `tokenize` lower-cases a caption and drops punctuation;
 `Vocab` maps words to ids, the special tokens <pad> <bos> <eos> <unk> first, and

@@ -24,6 +24,17 @@ SMALL_CLIPS = [CLIPS_DIR / n for n in ("0lh_UWF9ZP4_62_69.avi", "PeUHy0A1GF0_114
                                        "WTf5EgVY5uU_124_128.avi", "qvg9eM4Hmzk_4_10.avi")]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: without it they are skipped, saying so."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (run by ../shared/gpu/check.sh)"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _shared_data_present():
     if len(ALL_CLIPS) != 8:

@@ -8,6 +8,7 @@ import subprocess
 
 from conftest import CLIPS_DIR, ROOT, SMALL_CLIPS, copy_clips, run_script, write_index_video
 from pipeline.config import TrainConfig
+from pipeline.labels import load_captions
 from pipeline.training import train
 
 
@@ -41,11 +42,11 @@ def test_new_clips_dropped_in_are_extracted_and_captioned(tmp_path):
     train(TrainConfig(features=str(store), labels=str(CLIPS_DIR / "labels.json"), run_dir=str(run), epochs=1,
                       hidden=16, embed=16, val_fraction=0))
     shutil.copy2(SMALL_CLIPS[2], raw / SMALL_CLIPS[2].name)
-    write_index_video(raw / "synthetic clip.mkv", 20)  # another container: its id is its file name
+    write_index_video(raw / "synthetic, clip.mkv", 20)  # another container, a comma: its id is its file name
     assert "done 2, skipped 2" in _make("features", *common).stdout
     _make("captions", f"RUN={run}", f"FEATURES={store}", "BEAM=1")
-    captioned = [line.split(",")[0] for line in (run / "captions_all.txt").read_text().splitlines()]
-    assert sorted(captioned) == sorted([p.name for p in SMALL_CLIPS[:3]] + ["synthetic clip.mkv"])
+    captioned = load_captions(run / "captions_all.txt")  # the id with a comma is quoted, and reads back
+    assert sorted(captioned) == sorted([p.name for p in SMALL_CLIPS[:3]] + ["synthetic, clip.mkv"])
 
 
 def test_caption_py_on_files_with_a_bad_one(tiny_run, clip_features, tmp_path):
@@ -61,6 +62,14 @@ def test_caption_py_on_files_with_a_bad_one(tiny_run, clip_features, tmp_path):
     _make("captions", f"RUN={tiny_run}", f"FEATURES={clip_features}", "BEAM=1")
     stored = dict(line.split(",", 1) for line in (tiny_run / "captions_all.txt").read_text().splitlines())
     assert all(stored[vid] == caption for vid, caption in (line.split(",", 1) for line in lines))
+
+
+def test_caption_py_refuses_two_files_giving_one_video_id(tiny_run, tmp_path):
+    first, second = copy_clips(SMALL_CLIPS[:1], tmp_path / "a"), copy_clips(SMALL_CLIPS[:1], tmp_path / "b")
+    name = SMALL_CLIPS[0].name
+    proc = run_script("caption.py", str(first / name), str(second / name), "--run-dir", str(tiny_run))
+    assert proc.returncode == 2 and f"{name!r} by {first / name}, {second / name}" in proc.stderr
+    assert proc.stdout == ""
 
 
 def test_make_caption_target(tiny_run):

@@ -20,7 +20,8 @@ import torch
 
 from conftest import ROOT, SHARED, SMALL_CLIPS, copy_clips
 from pipeline.config import ExtractConfig, TrainConfig
-from pipeline.features import extract, shard_path
+from pipeline.features import extract
+from pipeline.shards import shard_path
 from pipeline.store import FeatureStore
 from pipeline.training import train
 
@@ -77,7 +78,7 @@ def test_a_dead_rank_leaves_its_shard_and_the_next_run_redoes_only_the_rest(tmp_
     summary = json.loads((tmp_path / "f.config.json").read_text())["summary"]
     assert sorted(summary["done"]) == sorted(p.name for p in SMALL_CLIPS[1:])
     assert [Path(f["file"]).name for f in summary["failed"]] == ["broken.avi"]
-    assert json.loads((tmp_path / "f.failures.json").read_text())[0]["file"].endswith("broken.avi")
+    assert json.loads((tmp_path / "f.failures.json").read_text())["failed"][0]["file"].endswith("broken.avi")
     assert FeatureStore(store).ids() == sorted(p.name for p in SMALL_CLIPS)
     assert FeatureStore(store).validate() == [] and not list(tmp_path.glob("f.shard*"))
 

@@ -57,6 +57,25 @@ def test_malformed_prediction_files(tmp_path, seed_lines, edit, message):
     assert proc.returncode == 2 and message in proc.stderr and "p.txt" in proc.stderr
 
 
+def test_a_video_given_with_and_without_its_extension_is_refused(tmp_path, seed_lines):
+    preds = _write(tmp_path / "p.txt", seed_lines + [seed_lines[0].replace(".avi,", ",", 1)])
+    proc = _score("--predictions", str(preds), "--references", str(MLDS / "testing_label.json"))
+    assert proc.returncode == 2 and "1 videos are given twice, with and without the extension" in proc.stderr
+
+
+def test_the_scorer_reads_its_own_captions_for_ids_holding_commas(tmp_path):
+    from pipeline.evaluation import write_captions
+    from pipeline.scoring import score_file
+
+    references = tmp_path / "refs.json"
+    references.write_text(json.dumps([{"id": "a,b.avi", "caption": ["a dog runs"]},
+                                      {"id": "c.avi", "caption": ["a cat sits"]}]))
+    write_captions(tmp_path / "captions.txt", {"a,b.avi": "a dog runs", "c.avi": "a cat"})
+    assert (tmp_path / "captions.txt").read_text().startswith('"a,b.avi",a dog runs\n')
+    scores = score_file(tmp_path / "captions.txt", references)
+    assert scores["n_videos"] == 2 and scores["mlds_bleu1"] > 0.5
+
+
 def test_empty_captions_score_zero(tmp_path, seed_lines):
     lines = [line.split(",")[0] + "," if i < 3 else line for i, line in enumerate(seed_lines)]
     preds = _write(tmp_path / "p.txt", lines)

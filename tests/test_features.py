@@ -63,7 +63,7 @@ def test_failed_clips_are_reported_and_retried(tmp_path, capsys):
     assert main(args) == 1
     out = capsys.readouterr().out
     assert "failed 2" in out and "broken.avi" in out and "empty.avi" in out
-    failures = json.loads((tmp_path / "f.failures.json").read_text())
+    failures = json.loads((tmp_path / "f.failures.json").read_text())["failed"]
     assert {Path(f["file"]).name for f in failures} == {"broken.avi", "empty.avi"}
     assert all(f["reason"] for f in failures)
     assert FeatureStore(store_path).ids() == [SMALL_CLIPS[0].name]
@@ -72,7 +72,7 @@ def test_failed_clips_are_reported_and_retried(tmp_path, capsys):
     (raw / "empty.avi").unlink()
     assert main(args) == 0
     assert "done 1, skipped 1" in capsys.readouterr().out
-    assert json.loads((tmp_path / "f.failures.json").read_text()) == []
+    assert json.loads((tmp_path / "f.failures.json").read_text()) == {"failed": [], "warnings": []}
     config = json.loads((tmp_path / "f.config.json").read_text())
     assert config["config"]["backbone"] == "efficientnet_lite0" and config["summary"]["done"] == ["broken.avi"]
 

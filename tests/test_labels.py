@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import SHARED
-from pipeline.labels import CaptionError, load_captions
+from pipeline.labels import CaptionError, format_id_caption, load_captions
 from pipeline.vocab import Vocab, tokenize
 
 MLDS = SHARED / "msvd-mlds"
@@ -116,3 +116,38 @@ def test_vocab_round_trip_and_mlds_size():
     assert again.words == vocab.words and again.index == vocab.index
     ids = vocab.encode("A man is playing a zzyzzx.")
     assert ids[-1] == vocab.unk_id and vocab.decode(ids + [vocab.eos_id, 5]) == "a man is playing a"
+
+
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    mlds = tmp_path / "bom.json"
+    mlds.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"id": "a.avi", "caption": ["a dog runs"]}]).encode())
+    assert load_captions(mlds) == {"a.avi": ["a dog runs"]}
+    csv = tmp_path / "bom.csv"
+    csv.write_bytes(b"\xef\xbb\xbfa.avi,a dog runs\nb.avi,a cat sits\n")
+    assert load_captions(csv) == {"a.avi": ["a dog runs"], "b.avi": ["a cat sits"]}
+    with_header = tmp_path / "bom_header.csv"
+    with_header.write_bytes(b"\xef\xbb\xbfvideo_id,caption\na.avi,a dog runs\n")
+    assert load_captions(with_header) == {"a.avi": ["a dog runs"]}
+
+
+def test_text_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("a.avi,a dog\nb.avi,un caf\u00e9 noir\n".encode("latin-1"))
+    with pytest.raises(CaptionError, match=r"latin1.csv: line 2 is not UTF-8 text \(byte 0xe9"):
+        load_captions(path)
+
+
+def test_ids_holding_a_comma_are_quoted_and_read_back(tmp_path):
+    lines = [format_id_caption("a,b.avi", "a dog, running"), format_id_caption('say "hi".avi', "a cat"),
+             format_id_caption("plain.avi", "a bird")]
+    assert lines[0] == '"a,b.avi",a dog, running' and lines[1] == '"say ""hi"".avi",a cat'
+    path = tmp_path / "captions.txt"
+    path.write_text("\n".join(lines) + "\n")
+    assert load_captions(path) == {"a,b.avi": ["a dog, running"], 'say "hi".avi': ["a cat"], "plain.avi": ["a bird"]}
+
+
+def test_an_unquoted_id_holding_a_comma_is_refused_not_split(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("x.avi,a dog\na,b.avi,a man runs\n")
+    with pytest.raises(CaptionError, match=r"line 2: the id seems cut at a comma \('a', then 'b.avi'\); quote"):
+        load_captions(path)

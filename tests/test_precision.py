@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import h5py
 import numpy as np
 import pytest
@@ -106,3 +108,29 @@ def test_several_decoding_threads_write_the_same_store(tmp_path):
     ids = FeatureStore(one).ids()
     assert ids == FeatureStore(three).ids() and len(ids) == 4
     np.testing.assert_array_equal(FeatureStore(one).read_many(ids), FeatureStore(three).read_many(ids))
+
+
+X86_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx avx2 fma\n"
+X86_BF16 = "model name\t: Intel(R) Xeon(R)\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_native_bf16_is_read_from_the_cpus_flags():
+    assert "avx2" in precision_module.cpu_flags(X86_AVX2)
+    assert not precision_module.cpu_flags(X86_AVX2) & precision_module.BF16_FLAGS
+    assert precision_module.cpu_flags(X86_BF16) & precision_module.BF16_FLAGS
+    assert precision_module.cpu_flags(ARM_BF16) & precision_module.BF16_FLAGS
+    assert precision_module.cpu_flags("") == set()
+    assert isinstance(precision_module.native_bf16(CPU), bool)
+
+
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_warns_how_slow(monkeypatch):
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device: False)
+    with pytest.warns(UserWarning, match="emulated: VGG16 ran 40x slower than at fp32"):
+        assert resolve_precision("bf16", CPU) == "bf16"
+    with pytest.warns(UserWarning, match="the features were made at fp16"):
+        assert runnable("fp16", CPU) == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_precision("auto", CPU) == "fp32"  # auto never picks what is slow
+        assert resolve_precision("fp32", CPU) == "fp32"

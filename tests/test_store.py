@@ -86,7 +86,7 @@ def test_validate_reports_damaged_entries(store):
 
 
 def test_missing_ids_are_named(store):
-    with pytest.raises(KeyError, match="nope.avi"):
+    with pytest.raises(StoreError, match="nope.avi"):
         store.read_many(["nope.avi"])
 
 

@@ -1,0 +1,412 @@
+"""Fault injection: what the project guarantees when processes collide, writes fail, bytes rot and inputs are
+hostile (README, "What survives a fault"). Each test fails on the code before these guarantees."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import CLIPS_DIR, ROOT, SMALL_CLIPS, copy_clips, run_script, write_index_video
+from pipeline import store as store_module
+from pipeline.config import ExtractConfig, TrainConfig
+from pipeline.checkpoint import load_checkpoint
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.features import extract
+from pipeline.store import FeatureStore, StoreError, StoreSettings
+from pipeline.training import train
+
+LITE = {"backbone": "efficientnet_lite0", "weights": "random", "frames": 4}
+SETTINGS = StoreSettings(backbone="vgg16", layer="fc7", feature_dim=6, weights="random(seed=0)",
+                         preprocessing="{}", frames=4, dtype="float32")
+
+
+def _source(i: int = 0) -> dict:
+    return {"source_size": i, "source_mtime_ns": i, "n_frames": 4, "fps": 25.0, "indices": np.arange(4),
+            "decoder": "opencv"}
+
+
+def _many_clips(folder: Path, n: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_index_video(folder / "clip_000.avi", 6)
+    for i in range(1, n):
+        shutil.copyfile(folder / "clip_000.avi", folder / f"clip_{i:03d}.avi")
+    return folder
+
+
+def _extract_cmd(raw: Path, store: Path) -> list[str]:
+    return [sys.executable, "extract_features.py", "--raw", str(raw), "--features", str(store), "--backbone",
+            "efficientnet_lite0", "--weights", "random", "--frames", "4", "--device", "cpu"]
+
+
+def _count(store: Path) -> int:
+    try:
+        return len(FeatureStore(store).ids())
+    except StoreError:
+        return 0
+
+
+# -- concurrent writers and readers -------------------------------------------------------------------------
+
+
+def test_a_second_writer_is_refused_whole_and_readers_during_a_run_neither_fail_nor_cost_a_clip(tmp_path):
+    raw, store = _many_clips(tmp_path / "raw", 120), tmp_path / "f.h5"
+    first = subprocess.Popen(_extract_cmd(raw, store), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.time() + 120
+    while _count(store) < 2 and time.time() < deadline and first.poll() is None:
+        time.sleep(0.02)
+    second = run_script(*_extract_cmd(raw, store)[1:])
+    assert second.returncode == 2 and f"in use by process {first.pid}" in second.stderr, second.stderr
+    reads = 0
+    while first.poll() is None:  # a reader polling the store all through the run
+        ids = FeatureStore(store).ids()
+        if ids:
+            assert FeatureStore(store).read_many(ids[-3:]).shape[1:] == (4, 1280)
+        reads += 1
+    out, err = first.communicate()
+    assert first.returncode == 0, err[-2000:]
+    assert reads > 10 and "done 120" in out
+    assert len(FeatureStore(store).ids()) == 120 and FeatureStore(store).validate() == []
+    assert json.loads((tmp_path / "f.failures.json").read_text()) == {"failed": [], "warnings": []}
+
+
+def _create_and_write(path: str, name: str) -> None:
+    store = FeatureStore.open_or_create(path, SETTINGS, {})
+    store.write(name, np.ones((4, 6), np.float32), _source())
+
+
+def test_two_processes_creating_the_same_new_store_both_succeed(tmp_path):
+    context = get_context("spawn")
+    for attempt in range(6):
+        path = str(tmp_path / f"new{attempt}.h5")
+        workers = [context.Process(target=_create_and_write, args=(path, f"{who}.avi")) for who in "ab"]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        assert [w.exitcode for w in workers] == [0, 0]
+        assert FeatureStore(path).ids() == ["a.avi", "b.avi"]
+    assert not list(tmp_path.glob(".*creating*"))
+
+
+def test_a_store_open_in_another_process_is_waited_for_not_failed(tmp_path, monkeypatch):
+    store = FeatureStore.open_or_create(tmp_path / "f.h5", SETTINGS, {})
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time\n"
+                               f"f = h5py.File({str(store.path)!r}, 'a'); print('open', flush=True); time.sleep(1.5)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    began = time.time()
+    store.write("a.avi", np.zeros((4, 6), np.float32), _source())  # waits for the other writer's close
+    assert time.time() - began > 0.5 and store.ids() == ["a.avi"]
+    holder.wait()
+    monkeypatch.setattr(store_module, "LOCK_WAIT", 0.3)
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, time\n"
+                               f"f = h5py.File({str(store.path)!r}, 'a'); print('open', flush=True); time.sleep(5)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    with pytest.raises(StoreError, match="locked by another process"):
+        store.ids()
+    holder.kill()
+    holder.wait()
+
+
+# -- a write that fails between its steps -------------------------------------------------------------------
+
+
+def test_a_write_failing_between_its_steps_leaves_no_entry_and_stops_the_run_without_loss(tmp_path, monkeypatch):
+    raw, path = copy_clips(SMALL_CLIPS, tmp_path / "raw"), tmp_path / "f.h5"
+    real_update, writes = h5py.AttributeManager.update, []
+
+    def failing_update(self, *args, **kwargs):  # the array is written; its attributes fail on the third clip
+        writes.append("source_size" in (args[0] if args else kwargs))
+        if sum(writes) == 3 and writes[-1]:
+            raise OSError("Unable to synchronously create attribute (object header message is too large)")
+        return real_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.AttributeManager, "update", failing_update)
+    with pytest.raises(StoreError, match="could not be written .* the store holds everything written before it"):
+        extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+    store = FeatureStore(path)
+    assert store.ids() == sorted(p.name for p in SMALL_CLIPS)[:2], "the two finished clips stay, whole"
+    assert store.validate() == []
+    monkeypatch.setattr(h5py.AttributeManager, "update", real_update)
+    summary = extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+    assert len(summary.skipped) == 2 and len(summary.done) == 2 and not summary.failed
+
+
+def test_an_entry_without_its_source_attributes_is_not_current(tmp_path):
+    raw, path = copy_clips(SMALL_CLIPS[:2], tmp_path / "raw"), tmp_path / "f.h5"
+    extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+    with h5py.File(path, "a") as f:
+        for key in ("indices", "decoder"):
+            del f["features"][SMALL_CLIPS[0].name].attrs[key]
+    summary = extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+    assert summary.done == [SMALL_CLIPS[0].name] and summary.skipped == [SMALL_CLIPS[1].name]
+    assert FeatureStore(path).validate() == []
+
+
+def test_a_write_killed_halfway_leaves_only_an_incomplete_entry_that_the_next_run_redoes(tmp_path):
+    raw, path = copy_clips(SMALL_CLIPS[:2], tmp_path / "raw"), tmp_path / "f.h5"
+    extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+    with h5py.File(path, "a") as f:  # what a kill between the array and the move leaves
+        f.move(f"features/{SMALL_CLIPS[1].name}", f"incomplete/{SMALL_CLIPS[1].name}")
+    store = FeatureStore(path)
+    assert store.ids() == [SMALL_CLIPS[0].name]
+    assert any("interrupted write" in p for p in store.validate())
+    summary = extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+    assert summary.done == [SMALL_CLIPS[1].name] and FeatureStore(path).validate() == []
+
+
+def test_frame_counts_whose_indices_cannot_be_stored_are_refused_up_front(tmp_path):
+    with pytest.raises(ConfigError, match=r"--frames \(make: FRAMES\) must be below 4097, not 10000"):
+        ExtractConfig(raw=str(tmp_path), features=str(tmp_path / "f.h5"), frames=10000)
+    proc = subprocess.run(["make", "-s", "features", f"RAW={tmp_path}", f"FEATURES={tmp_path / 'f.h5'}",
+                           "FRAMES=10000", "BACKBONE=efficientnet_lite0"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and "must be below 4097" in proc.stderr and not (tmp_path / "f.h5").exists()
+    big = FeatureStore.open_or_create(tmp_path / "big.h5", StoreSettings(**{**SETTINGS.__dict__, "frames": 4096}), {})
+    big.write("long.avi", np.zeros((4096, 6), np.float32), {**_source(), "indices": np.arange(4096)})
+    assert big.validate() == []
+
+
+# -- bytes damaged inside ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pristine_store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pristine") / "f.h5"
+    store = FeatureStore.open_or_create(path, SETTINGS, {"torch": "x"})
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        store.write(f"clip_{i:02d}.avi", rng.standard_normal((4, 6)).astype(np.float32), _source(i))
+    return path
+
+
+def test_damage_anywhere_in_a_store_is_reported_never_a_traceback(pristine_store, tmp_path, capsys):
+    """A few KB of garbage at every offset of the file in turn: the validator reports what it finds, and every
+    read either works or raises StoreError naming the file."""
+    data = pristine_store.read_bytes()
+    garbage = np.random.default_rng(1).bytes(2048)
+    damaged = tmp_path / "damaged.h5"
+    found = 0
+    for offset in range(0, len(data), 1024):
+        damaged.write_bytes(data[:offset] + garbage + data[offset + 2048:])
+        status = store_module.main([str(damaged)])
+        printed = capsys.readouterr()
+        assert status in (0, 1, 2) and (status == 0) == printed.out.endswith("valid\n")
+        found += status > 0
+        try:
+            store = FeatureStore(damaged)
+            ids = store.ids()
+            store.read_many(ids)
+            store.sources()
+        except StoreError as exc:
+            assert str(damaged) in str(exc)
+    assert found >= len(data) // 1024 // 4, f"damage was found at only {found} offsets"
+
+
+def test_every_stage_reports_a_damaged_store_as_an_error_line(tmp_path, tiny_run):
+    raw = copy_clips(SMALL_CLIPS[:2], tmp_path / "raw")
+    path = tmp_path / "f.h5"
+    extract(ExtractConfig(raw=str(raw), features=str(path), backbone="efficientnet_lite0", weights="imagenet",
+                          frames=16, precision="fp32"))
+    data = bytearray(path.read_bytes())
+    for node in [i for i in range(len(data)) if data.startswith(b"SNOD", i)]:  # the nodes that list the videos
+        data[node:node + 64] = np.random.default_rng(node).bytes(64)
+    path.write_bytes(bytes(data))
+    commands = [("-m", "pipeline.store", str(path)),
+                ("extract_features.py", "--raw", str(raw), "--features", str(path), "--backbone",
+                 "efficientnet_lite0", "--frames", "16", "--precision", "fp32"),
+                ("train.py", "--features", str(path), "--labels", str(CLIPS_DIR / "labels.json"), "--run-dir",
+                 str(tmp_path / "run"), "--epochs", "1", "--hidden", "16", "--embed", "16"),
+                ("evaluate.py", "--run-dir", str(tiny_run), "--features", str(path), "--references",
+                 str(CLIPS_DIR / "labels.json"))]
+    for command in commands:
+        proc = run_script(*command)
+        assert "Traceback" not in proc.stderr, f"{command[0]}: {proc.stderr[-1500:]}"
+        assert proc.returncode in (1, 2) and str(path) in proc.stdout + proc.stderr, command[0]
+
+
+# -- inputs ---------------------------------------------------------------------------------------------------
+
+
+def test_a_truncated_clip_is_a_failure_past_a_tenth_missing_and_a_warning_below(tmp_path, capsys):
+    from pipeline.features import main as features_main
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    whole = SMALL_CLIPS[0].read_bytes()  # its header claims 210 frames
+    (raw / "cut_most.avi").write_bytes(whole[:int(len(whole) * 0.3)])  # 64 of 210 decode
+    (raw / "cut_end.avi").write_bytes(whole[:int(len(whole) * 0.95)])  # 203 of 210 decode
+    path = tmp_path / "f.h5"
+    assert features_main(["--raw", str(raw), "--features", str(path), "--backbone", "efficientnet_lite0",
+                          "--weights", "random", "--frames", "8"]) == 1
+    out = capsys.readouterr().out
+    assert "1 with warnings" in out and "203 of the 210 frames its header claims decode" in out
+    report = json.loads((tmp_path / "f.failures.json").read_text())
+    assert [Path(f["file"]).name for f in report["failed"]] == ["cut_most.avi"]
+    assert "only 64 of the 210 frames" in report["failed"][0]["reason"]
+    assert [Path(w["file"]).name for w in report["warnings"]] == ["cut_end.avi"]
+    source = FeatureStore(path).sources()["cut_end.avi"]
+    assert int(source["n_frames"]) == 203 and int(source["claimed_frames"]) == 210
+    assert FeatureStore(path).ids() == ["cut_end.avi"]
+
+
+def test_things_named_like_clips_that_are_not_files_are_listed(tmp_path):
+    raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
+    (raw / "folder.avi").mkdir()
+    (raw / "gone.avi").symlink_to(tmp_path / "nowhere.avi")
+    summary = extract(ExtractConfig(raw=str(raw), features=str(tmp_path / "f.h5"), **LITE))
+    reasons = {Path(f["file"]).name: f["reason"] for f in summary.failed}
+    assert reasons == {"folder.avi": "a folder, named like a video",
+                       "gone.avi": f"a broken symbolic link (to {tmp_path / 'nowhere.avi'})"}
+    assert summary.done == [SMALL_CLIPS[0].name]
+
+
+@pytest.mark.parametrize("where, message", [
+    ("RAW=file", "is a file: RAW is the folder that holds the clips"),
+    ("FEATURES=folder", "is a folder: give the path of the .h5 file"),
+    ("FEATURES=/etc/passwd/f.h5", "FEATURES: cannot write in /etc/passwd: /etc/passwd is a file, not a folder"),
+])
+def test_misplaced_paths_get_messages_that_say_what_is_wrong(tmp_path, where, message):
+    raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
+    variables = {"RAW": str(raw), "FEATURES": str(tmp_path / "f.h5")}
+    name, value = where.split("=")
+    variables[name] = {"file": str(SMALL_CLIPS[0]), "folder": str(tmp_path)}.get(value, value)
+    proc = subprocess.run(["make", "-s", "features", "BACKBONE=efficientnet_lite0", "WEIGHTS=random", "FRAMES=4",
+                           *[f"{k}={v}" for k, v in variables.items()]], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def _without_override(*command: str) -> list[str]:
+    """`command` with permission bits applying even to root (whose capability to ignore them is dropped)."""
+    if os.geteuid() != 0:
+        return list(command)
+    assert shutil.which("setpriv"), "setpriv (util-linux) is needed to test read-only folders as root"
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--", *command]
+
+
+def test_outputs_that_cannot_be_written_are_named(tmp_path, clip_features, tiny_run):
+    raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    store = locked / "f.h5"
+    extract(ExtractConfig(raw=str(raw), features=str(store), **LITE))
+    run = locked / "run"
+    shutil.copytree(tiny_run, run)
+    locked.chmod(0o555)
+    (run).chmod(0o555)
+    try:
+        train_args = ["--labels", str(CLIPS_DIR / "labels.json"), "--epochs", "1", "--hidden", "16", "--embed", "16"]
+        cases = {
+            "features": [*_extract_cmd(raw, locked / "new.h5")],
+            "train": [sys.executable, "train.py", "--features", str(clip_features), "--run-dir",
+                      str(locked / "new_run"), *train_args],
+            "train into /etc/passwd": [sys.executable, "train.py", "--features", str(clip_features), "--run-dir",
+                                       "/etc/passwd/run", *train_args],
+            "eval": [sys.executable, "evaluate.py", "--run-dir", str(run), "--features", str(clip_features),
+                     "--references", str(CLIPS_DIR / "labels.json")],
+        }
+        for name, command in cases.items():
+            proc = subprocess.run(_without_override(*command), cwd=ROOT, capture_output=True, text=True)
+            assert proc.returncode == 2 and "Traceback" not in proc.stderr, f"{name}: {proc.stderr[-1500:]}"
+            assert "cannot write in" in proc.stderr, f"{name}: {proc.stderr[-500:]}"
+        (locked / "f.h5").chmod(0o444)
+        locked.chmod(0o755)
+        proc = subprocess.run(_without_override(*_extract_cmd(copy_clips(SMALL_CLIPS[1:2], raw), store)), cwd=ROOT,
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and "cannot be written" in proc.stderr and "move it away" not in proc.stderr
+        assert FeatureStore(store).ids() == [SMALL_CLIPS[0].name]
+    finally:
+        locked.chmod(0o755)
+        run.chmod(0o755)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "--batch-size (make: BATCH) must be at least 1, not 0"),
+    (["--batch-size", "-4"], "--batch-size (make: BATCH) must be at least 1, not -4"),
+    (["--epochs", "0"], "--epochs (make: EPOCHS) must be at least 1, not 0"),
+    (["--max-len", "0"], "--max-len must be at least 1, not 0"),
+    (["--val-fraction", "1.5"], "--val-fraction must be below 1, not 1.5"),
+    (["--dropout", "-0.1"], "--dropout must be at least 0, not -0.1"),
+])
+def test_numeric_training_options_are_checked_where_parsed(tmp_path, clip_features, args, message):
+    proc = run_script("train.py", "--features", str(clip_features), "--labels", str(CLIPS_DIR / "labels.json"),
+                      "--run-dir", str(tmp_path / "run"), *args)
+    assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "run").exists(), proc.stderr
+    with pytest.raises(ConfigError, match=message.split(" (")[0]):
+        TrainConfig(**{args[0][2:].replace("-", "_"): type(getattr(TrainConfig(), args[0][2:].replace("-", "_")))(
+            float(args[1]))})
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate.py", "--beam", "0"], ["evaluate.py", "--beam", "-1"], ["caption.py", "x.avi", "--beam", "0"]])
+def test_a_beam_below_one_is_an_error_line(command):
+    proc = run_script(*command)
+    assert proc.returncode == 2 and "--beam" in proc.stderr and "at least 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_no_op_training_run_leaves_the_run_untouched(tmp_path, clip_features, capsys):
+    run = tmp_path / "run"
+    cfg = dict(features=str(clip_features), labels=str(CLIPS_DIR / "labels.json"), run_dir=str(run), epochs=2,
+               hidden=16, embed=16, val_fraction=0)
+    train(TrainConfig(**cfg))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    train(TrainConfig(**{**cfg, "lr": 0.5, "epochs": 1}))
+    assert "already trained 2 epochs" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+# -- a GPU out of memory -------------------------------------------------------------------------------------
+
+
+def _out_of_memory(after: int):
+    calls = []
+
+    def fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > after:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return fail.real(*args, **kwargs)
+    return fail
+
+
+def test_out_of_memory_in_training_names_batch_and_keeps_finished_epochs(tmp_path, clip_features, monkeypatch):
+    from pipeline import train_step
+
+    fail = _out_of_memory(after=3)  # 1 step per epoch at this size: the fourth epoch runs out
+    fail.real = train_step.TrainStep.__call__
+    monkeypatch.setattr(train_step.TrainStep, "__call__", lambda self, *a: fail(self, *a))
+    run = tmp_path / "run"
+    cfg = TrainConfig(features=str(clip_features), labels=str(CLIPS_DIR / "labels.json"), run_dir=str(run),
+                      epochs=6, hidden=16, embed=16, batch_size=64, val_fraction=0)
+    with pytest.raises(PipelineError, match=r"out of memory training with BATCH=64: lower BATCH \(e.g. BATCH=32\); "
+                                            r".*last.pt holds the 3 epochs finished"):
+        train(cfg)
+    monkeypatch.undo()
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
+    assert [row["epoch"] for row in train(cfg)] == list(range(6)), "the next run resumes after them"
+
+
+def test_out_of_memory_in_extraction_names_batch_and_keeps_finished_clips(tmp_path, monkeypatch):
+    from pipeline import features
+
+    fail = _out_of_memory(after=2)
+    fail.real = features.encode_prepared
+    monkeypatch.setattr(features, "encode_prepared", fail)
+    raw, path = copy_clips(SMALL_CLIPS, tmp_path / "raw"), tmp_path / "f.h5"
+    with pytest.raises(PipelineError, match=r"out of memory encoding 16 frames at once: lower BATCH .*BATCH=8"):
+        extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+    assert FeatureStore(path).ids() == sorted(p.name for p in SMALL_CLIPS)[:2]

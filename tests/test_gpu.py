@@ -1,0 +1,84 @@
+"""On a CUDA GPU: the captured training step against the eager one, exact resume, and no cuDNN warning.
+
+Marked `gpu`: skipped without CUDA, run by `../shared/gpu/check.sh` (`pytest -m gpu`)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+from conftest import CLIPS_DIR
+from pipeline.checkpoint import load_checkpoint
+from pipeline.config import TrainConfig
+from pipeline.model import S2VT, S2VTConfig
+from pipeline.train_step import TrainStep
+from pipeline.training import train
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda") if torch.cuda.is_available() else None
+VARIANTS = {"s2vt": {}, "luong": {"attention": "luong"}, "bahdanau": {"attention": "bahdanau"},
+            "bidirectional-bahdanau": {"bidirectional": True, "attention": "bahdanau"}, "motion": {"motion": 4.0}}
+
+
+def _batches(n: int, batch: int, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for size in [batch] * n + [batch // 2]:  # full batches, then a smaller last one (run eagerly)
+        tokens = torch.randint(3, 50, (size, 12), generator=generator)
+        tokens[:, 0], tokens[:, -1] = 1, 2
+        out.append((tokens.to(CUDA), torch.randn(size, 10, 24, generator=generator).to(CUDA)))
+    return out
+
+
+def _train(model: S2VT, data: list, graphs: bool, teacher_forcing: float, precision: str) -> list[float]:
+    torch.manual_seed(0)
+    torch.cuda.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    step = TrainStep(model, optimizer, CUDA, precision, 0, 5.0, len(data[0][0]), cuda_graphs=graphs)
+    losses = [step(tokens, features, teacher_forcing).item() for tokens, features in data]
+    assert bool(step.graphs) == graphs, "the captured path must have run"
+    return losses
+
+
+@pytest.mark.parametrize("teacher_forcing", [1.0, 0.7])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_captured_step_gives_the_eager_steps_losses_without_a_warning(variant, teacher_forcing):
+    torch.manual_seed(0)
+    cfg = S2VTConfig(feature_dim=24, vocab_size=50, pad_id=0, bos_id=1, eos_id=2, max_len=10, hidden=32, embed=16,
+                     dropout=0.3, **VARIANTS[variant])
+    eager = S2VT(cfg).to(CUDA)
+    captured = copy.deepcopy(eager)
+    data = _batches(6, 16, torch.Generator().manual_seed(1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        expected = _train(eager, data, False, teacher_forcing, "fp32")
+        got = _train(captured, data, True, teacher_forcing, "fp32")
+    assert not [str(w.message) for w in caught], "no warning (cuDNN's weight compaction above all)"
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-4, atol=1e-5)
+    for (name, a), b in zip(eager.state_dict().items(), captured.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bf16_captured_steps_stay_close_to_eager_bf16():
+    torch.manual_seed(0)
+    cfg = S2VTConfig(feature_dim=24, vocab_size=50, pad_id=0, bos_id=1, eos_id=2, max_len=10, hidden=32, embed=16)
+    eager = S2VT(cfg).to(CUDA)
+    captured = copy.deepcopy(eager)
+    data = _batches(6, 16, torch.Generator().manual_seed(2))
+    expected = _train(eager, data, False, 0.7, "bf16")
+    got = _train(captured, data, True, 0.7, "bf16")
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=2e-2, atol=1e-3)
+
+
+def test_a_resumed_cuda_run_ends_with_the_same_weights(clip_features, tmp_path):
+    cfg = dict(features=str(clip_features), labels=str(CLIPS_DIR / "labels.json"), hidden=32, embed=32,
+               batch_size=32, captions_per_epoch="all", val_fraction=0.25, device="cuda", schedule="linear")
+    train(TrainConfig(run_dir=str(tmp_path / "whole"), epochs=4, **cfg))
+    train(TrainConfig(run_dir=str(tmp_path / "resumed"), epochs=2, **cfg))
+    train(TrainConfig(run_dir=str(tmp_path / "resumed"), epochs=4, **cfg))
+    whole, resumed = (load_checkpoint(tmp_path / run / "last.pt") for run in ("whole", "resumed"))
+    assert [r["train_loss"] for r in whole["history"]] == [r["train_loss"] for r in resumed["history"]]
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), f"{name} differs after resume"
