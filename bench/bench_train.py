@@ -33,7 +33,7 @@ from pipeline.precision import native_bf16, resolve_precision  # noqa: E402
 from pipeline.train_step import TrainStep  # noqa: E402
 from pipeline.training import train_one_epoch  # noqa: E402
 
-MLDS_VIDEOS, BATCH, P_TRUE = 1450, 64, 0.7  # p(true word) 0.7: mid-way through the seed's schedule
+MLDS_VIDEOS, BATCH, TEACHER_FORCING = 1450, 64, 0.7  # mid-way through the seed's schedule
 
 
 def mlds_shaped(videos: int, frames: int = 80, dim: int = 4096, vocab: int = 2891, max_len: int = 20,
@@ -65,7 +65,7 @@ def run(steps: int = 4, repeats: int = 3, device: str = "auto") -> dict:
     def case(model, precision):
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         step = TrainStep(model, optimizer, target, precision, 0, cfg.clip_grad, BATCH, cuda_graphs=model is ours)
-        return lambda: scale * timed(lambda: train_one_epoch(step, data, 0, cfg, P_TRUE), target)
+        return lambda: scale * timed(lambda: train_one_epoch(step, data, 0, cfg, TEACHER_FORCING), target)
 
     cases = {"ours": case(ours, default), "reference": case(reference, default)}
     if default == "fp32" and native_bf16(target):

@@ -88,7 +88,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One `--name` option per field of dataclass `cls`, with its default and help."""
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        make = f"; make: {f.metadata['make']}" if f.metadata.get("make") else ""
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default}{make})"
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
@@ -182,6 +183,7 @@ class TrainConfig(Checked):
                           make="BATCH")
     lr: float = opt(1e-3, "Adam learning rate", above=0)
     lr_schedule: str = opt("none", "'none' or 'cosine' (decay to 0 over `epochs`)", choices=("none", "cosine"))
+    weight_decay: float = opt(0.0, "AdamW's decoupled weight decay (0 = plain Adam)", at_least=0)
     hidden: int = opt(512, "LSTM hidden size", at_least=1)
     embed: int = opt(512, "word embedding size", at_least=1)
     dropout: float = opt(0.3, "dropout on frame projections, embeddings and the output layer", at_least=0, below=1)
@@ -198,6 +200,8 @@ class TrainConfig(Checked):
     val_fraction: float = opt(0.05, "share of the labelled videos held out for validation; 0 = none (best.pt is "
                                     "then the epoch with the lowest training loss)", at_least=0, below=1)
     clip_grad: float = opt(5.0, "gradient-norm clipping threshold", above=0)
+    label_smoothing: float = opt(0.0, "share of each target word's probability spread over the vocabulary in the "
+                                      "training loss", at_least=0, below=1)
     seed: int = opt(0, "seed for initialisation, the split, caption sampling and dropout")
     device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
     precision: str = opt("auto", "fp32, bf16 (autocast; weights stay float32), or auto = bf16 on a GPU that "
@@ -231,10 +235,11 @@ class EvalConfig(Checked):
 @dataclass
 class SampleConfig(Checked):
     sample: str = opt("data/sample", "folder to write the clips and labels into", make="SAMPLE")
-    clips_per_combination: int = opt(4, "training clips per (colour, shape, motion) combination", at_least=1,
+    clips_per_combination: int = opt(12, "training clips per (colour, shape, motion) combination", at_least=1,
                                      make="DEMO_CLIPS")
-    test_clips_per_combination: int = opt(3, "test clips per held-out combination", at_least=1)
-    held_out: int = opt(8, "combinations kept out of training: the test split", at_least=1, below=33)
-    frames: int = opt(32, "frames per clip", at_least=2)
+    test_clips_per_combination: int = opt(4, "test clips per held-out combination", at_least=1)
+    held_out: int = opt(12, "combinations kept out of training: the test split", at_least=1, below=33)
+    frames: int = opt(8, "frames per clip (at 8 frames/s; the features sample DEMO_FRAMES of them, repeating "
+                         "frames of a shorter clip, and encode each distinct frame once)", at_least=2)
     size: int = opt(112, "frame width and height in pixels", at_least=32)
-    seed: int = opt(0, "seed for everything random")
+    seed: int = opt(0, "seed for everything random", make="DEMO_SEED")

@@ -78,20 +78,23 @@ class S2VT(nn.Module):
             if part is not None:
                 nn.init.uniform_(part.weight, -bound, bound)
 
-    def encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first LSTM over the frames `(B, F, D)`, then padding: its outputs at the frame steps
-        `(B, F, E)` and at the word steps `(B, T, E)`."""
+    def encode(self, features: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first LSTM over the frames `(B, F, D)`, then `steps` padding steps (at most, and by default,
+        `cfg.steps`): its outputs at the frame steps `(B, F, E)` and at the word steps `(B, T, E)`. A
+        bidirectional LSTM always runs all `cfg.steps`, since its backward half reads them all."""
         B, n_frames, _ = features.shape
+        steps = self.cfg.steps if steps is None or self.cfg.bidirectional else min(steps, self.cfg.steps)
         if self.cfg.motion:  # appearance and how it changed since the first frame, a cheap flow stream
             features = torch.cat([features, self.cfg.motion * (features - features[:, :1])], dim=-1)  # (B, F, 2D)
         frames = self.drop(self.frame_proj(features))  # (B, F, H)
-        padding = frames.new_zeros(B, self.cfg.steps, frames.shape[-1])  # (B, T, H)
+        padding = frames.new_zeros(B, steps, frames.shape[-1])  # (B, T, H)
         h1, _ = self.encoder(torch.cat([frames, padding], dim=1))  # (B, F + T, E)
         return h1[:, :n_frames], h1[:, n_frames:]
 
-    def start(self, features: torch.Tensor) -> "DecoderState":
-        """Read the frames `(B, F, D)`: everything that does not depend on the words, ready to write."""
-        memory, h1_words = self.encode(features)
+    def start(self, features: torch.Tensor, steps: int | None = None) -> "DecoderState":
+        """Read the frames `(B, F, D)`: everything that does not depend on the words, ready to write
+        `steps` words (by default `cfg.steps`)."""
+        memory, h1_words = self.encode(features, steps)
         _, (h, c) = self.decoder(memory)  # the frame steps: no word, no context; (1, B, H) each
         d = self.decoder
         h1_part = F.linear(h1_words, d.weight_ih_l0, d.bias_ih_l0 + d.bias_hh_l0)  # (B, T, 4H), biases included
@@ -122,7 +125,7 @@ class S2VT(nn.Module):
         first is, with probability 1 - teacher_forcing, replaced by the model's own
         previous choice. The true words' gate parts are computed in one product.
         """
-        state = self.start(features)  # features: (B, F, D)
+        state = self.start(features, captions.shape[1])  # features: (B, F, D)
         true_parts = self.word_part(captions).unbind(1)  # T x (B, 4H), in one product
         if not isinstance(teacher_forcing, torch.Tensor) and teacher_forcing >= 1.0:  # read out all steps at once
             outputs = [state.advance(part) for part in true_parts]
@@ -180,6 +183,8 @@ class DecoderState:
         self.h, self.c = self.h[rows], self.c[rows]
 
 
-def masked_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Mean cross-entropy over the non-padding target tokens. logits (B, T, V), targets (B, T)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=pad_id)
+def masked_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the non-padding target tokens, against targets smoothed by `label_smoothing`.
+    logits (B, T, V), targets (B, T)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=pad_id,
+                           label_smoothing=label_smoothing)

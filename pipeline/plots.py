@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 
-def plot_history(run: Path, history: list[dict], probs: np.ndarray) -> None:
+def plot_history(run: Path, history: list[dict], teacher_forcing: np.ndarray) -> None:
     """curves.png (losses and validation BLEU per epoch) and schedule.png (teacher forcing)."""
     import matplotlib
 
@@ -39,7 +39,7 @@ def plot_history(run: Path, history: list[dict], probs: np.ndarray) -> None:
     fig.savefig(run / "curves.png", dpi=80)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(np.arange(len(probs)), probs)
+    ax.plot(np.arange(len(teacher_forcing)), teacher_forcing)
     ax.set(xlabel="epoch", ylabel="P(feed the true word)", title="Scheduled sampling", ylim=(0, 1.05))
     fig.tight_layout()
     fig.savefig(run / "schedule.png", dpi=80)

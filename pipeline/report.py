@@ -80,7 +80,7 @@ def _video_card(vid: str, caption: str, references: list[str], score: float, raw
             f"</details></div>")
 
 
-def sample_videos(per_video: dict[str, float], n: int) -> list[str]:
+def spread_by_score(per_video: dict[str, float], n: int) -> list[str]:
     """Up to `n` ids spread over the score range, best first."""
     ranked = sorted(per_video, key=lambda vid: (-per_video[vid], vid))
     if len(ranked) <= n:
@@ -93,7 +93,7 @@ def write_report(run: str | Path, scores: dict, captions: dict[str, str], refere
     run = Path(run)
     raw = Path(raw) if raw else None
     per_video = bleu1_per_video(captions, references)
-    chosen = sample_videos(per_video, n_videos)
+    chosen = spread_by_score(per_video, n_videos)
     sections = []
     for title, keep in (("Correct descriptions", lambda s: s >= CORRECT),
                         ("Relevant but incorrect descriptions", lambda s: s < CORRECT)):

@@ -2,7 +2,7 @@
 
 Writes, under `SAMPLE` (default `data/sample`): `raw/*.avi` (a coloured shape
 moving over a lightly textured background), `training_label.json` and
-`testing_label.json` (MLDS JSON, 3-5 paraphrased references per clip) and
+`testing_label.json` (MLDS JSON, five paraphrased references per clip) and
 `attributes.json` (each clip's colour, shape and motion). Some (colour, shape,
 motion) combinations never appear in training and make up the test split, so the
 test measures generalisation rather than memory. Deterministic for a seed.
@@ -28,19 +28,40 @@ MOTIONS = ("left", "right", "up", "down")
 SHAPE_WORDS = {"circle": ("circle", "ball", "disc"), "square": ("square", "box", "block"), "triangle": ("triangle",)}
 MOTION_PHRASES = {"left": ("to the left", "left", "leftwards"), "right": ("to the right", "right", "rightwards"),
                   "up": ("up", "upwards", "upward"), "down": ("down", "downwards", "downward")}
+CLIP_FPS = 8
 TEMPLATES = ("a {colour} {shape} is moving {motion}", "a {colour} {shape} moves {motion}",
              "the {colour} {shape} goes {motion}", "a {colour} {shape} is sliding {motion}",
              "there is a {colour} {shape} moving {motion}")
 
 
+PAIRS = ((0, 1), (0, 2), (1, 2))  # (colour, shape), (colour, motion), (shape, motion)
+
+
 def held_out_combinations(n: int, rng: np.random.Generator) -> list[tuple[str, str, str]]:
-    """`n` combinations whose every colour, shape and motion still appears in training."""
-    combos = list(itertools.product(COLOURS, SHAPES, MOTIONS))
-    while True:
-        chosen = [combos[i] for i in rng.choice(len(combos), n, replace=False)]
-        rest = set(combos) - set(chosen)
-        if all({c[k] for c in rest} == set(v) for k, v in enumerate((COLOURS, SHAPES, MOTIONS))):
-            return sorted(chosen)
+    """`n` (colour, shape, motion) combinations to keep out of training, spread so that every pair of
+    attributes loses as few of its combinations as it can (at most `n` / its number of values, rounded up):
+    each held-out triple is then made of pairs training shows with other third attributes, and the test
+    asks to put known pairs together anew rather than to guess a pair never seen."""
+    values = (tuple(COLOURS), SHAPES, MOTIONS)
+    order = [tuple(values[k][i] for k, i in enumerate(index)) for index in
+             itertools.product(*(range(len(v)) for v in values))]
+    order = [order[i] for i in rng.permutation(len(order))]
+    caps = {(i, j): -(-n // (len(values[i]) * len(values[j]))) for i, j in PAIRS}
+
+    def fits(chosen: list, combo: tuple) -> bool:
+        return all(sum((c[i], c[j]) == (combo[i], combo[j]) for c in chosen) < cap for (i, j), cap in caps.items())
+
+    def extend(chosen: list, start: int) -> list | None:  # depth-first, in the random order
+        if len(chosen) == n:
+            return chosen
+        for k in range(start, len(order)):
+            if fits(chosen, order[k]):
+                found = extend(chosen + [order[k]], k + 1)
+                if found:
+                    return found
+        return None
+
+    return sorted(extend([], 0))
 
 
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -74,7 +95,7 @@ def render_clip(path: Path, colour: str, shape: str, motion: str, cfg: SampleCon
     forward = motion in ("right", "down")
     path_pos = np.linspace(start, end, cfg.frames) if forward else np.linspace(end, start, cfg.frames)
     background = cv2.cvtColor(_background(size, rng), cv2.COLOR_RGB2BGR)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 16, (size, size))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), CLIP_FPS, (size, size))
     for pos in path_pos:
         frame = background.copy()
         centre = (pos, across) if motion in ("left", "right") else (across, pos)
@@ -84,11 +105,9 @@ def render_clip(path: Path, colour: str, shape: str, motion: str, cfg: SampleCon
 
 
 def references(colour: str, shape: str, motion: str, rng: np.random.Generator) -> list[str]:
-    """3-5 paraphrases of what happens in the clip."""
-    n = int(rng.integers(3, 6))
-    templates = rng.choice(len(TEMPLATES), n, replace=False)
-    return [TEMPLATES[t].format(colour=colour, shape=rng.choice(SHAPE_WORDS[shape]),
-                                motion=rng.choice(MOTION_PHRASES[motion])) for t in templates]
+    """One paraphrase per template of what happens in the clip, each with its own synonyms."""
+    return [template.format(colour=colour, shape=rng.choice(SHAPE_WORDS[shape]),
+                            motion=rng.choice(MOTION_PHRASES[motion])) for template in TEMPLATES]
 
 
 def generate(cfg: SampleConfig) -> dict[str, Path]:

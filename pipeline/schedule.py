@@ -29,7 +29,8 @@ def linear(epochs: int, start: float = 1.0, end: float = 0.5) -> np.ndarray:
 SCHEDULES = {"inverse_sigmoid": inverse_sigmoid, "constant": constant, "linear": linear}
 
 
-def teacher_forcing(schedule: str, epochs: int) -> np.ndarray:
+def per_epoch(schedule: str, epochs: int) -> np.ndarray:
+    """The teacher-forcing probability of each epoch under `schedule`."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     return SCHEDULES[schedule](epochs)

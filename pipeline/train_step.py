@@ -50,9 +50,10 @@ class TrainStep:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
                  precision: str, pad_id: int, clip_grad: float, batch_size: int, cuda_graphs: bool = True,
-                 world: distributed.World = distributed.World()):
+                 world: distributed.World = distributed.World(), label_smoothing: float = 0.0):
         self.model, self.optimizer, self.device, self.precision = model, optimizer, device, precision
         self.pad_id, self.clip_grad, self.batch_size, self.world = pad_id, clip_grad, batch_size, world
+        self.label_smoothing = label_smoothing
         self.use_graphs = cuda_graphs and device.type == "cuda" and not world.distributed
         self.graphs: dict[bool, _Graph] = {}  # by whether the step samples the model's own words
         self.lr = torch.zeros((), device=device)  # what a graph's Adam update reads as the learning rate
@@ -82,7 +83,7 @@ class TrainStep:
               ) -> torch.Tensor:
         with autocast(self.device, self.precision, cache):
             logits = self.model(features, tokens[:, :-1], teacher_forcing=teacher_forcing)  # (b, T, V)
-            return masked_loss(logits.float(), tokens[:, 1:], self.pad_id)
+            return masked_loss(logits.float(), tokens[:, 1:], self.pad_id, self.label_smoothing)
 
     def _update(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -90,7 +91,10 @@ class TrainStep:
         self.optimizer.step()
 
     def _eager(self, tokens: torch.Tensor, features: torch.Tensor, teacher_forcing: float) -> torch.Tensor:
-        tokens, features = tokens.to(self.device), features.to(self.device, non_blocking=True)
+        # Only as many steps as the batch's longest caption: the columns after it are padding everywhere.
+        # (A captured step keeps its fixed shape.)
+        longest = int(tokens.ne(self.pad_id).sum(dim=1).max())
+        tokens, features = tokens[:, :longest].to(self.device), features.to(self.device, non_blocking=True)
         loss = self._loss(tokens, features, teacher_forcing)
         if self.world.distributed:  # this rank's share of the mean over the global batch's real tokens
             here = (tokens[:, 1:] != self.pad_id).sum().item()

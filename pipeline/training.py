@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, schedule
 from .labels import load_captions
 from .vocab import Vocab
 from .checkpoint import (CheckpointError, Progress, build_checkpoint, check_resumable, load_checkpoint, restore,
@@ -34,12 +34,11 @@ from .checkpoint import (CheckpointError, Progress, build_checkpoint, check_resu
 from .config import TrainConfig, atomic_write, ensure_writable_folder, parse_config, resolve_device, write_json
 from .dataset import CaptionSet, batches, build_set, epoch_captions, features_fit, split_ids, usable_ids
 from .decoding import caption_features
-from .errors import PipelineError, run_command
+from .errors import ConfigError, PipelineError, run_command
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
 from .plots import plot_history
 from .precision import autocast, resolve_precision
-from .schedule import teacher_forcing
 from .store import FeatureStore
 from .train_step import TrainStep
 
@@ -47,9 +46,9 @@ METRICS = ("epoch", "train_loss", "val_loss", "val_bleu", "teacher_forcing", "lr
 VALIDATION_CHUNK = 256  # videos read (from memory or the store) and captioned at a time in validation
 
 
-def train_one_epoch(step: TrainStep, data: CaptionSet, epoch: int, cfg: TrainConfig, p_true: float,
+def train_one_epoch(step: TrainStep, data: CaptionSet, epoch: int, cfg: TrainConfig, teacher_forcing: float,
                     world: distributed.World = distributed.World()) -> float:
-    """One pass over this epoch's captions, feeding the true previous word with probability `p_true`;
+    """One pass over this epoch's captions, feeding the true previous word with probability `teacher_forcing`;
     returns the mean training loss.
 
     Under torchrun each rank takes its share of the epoch's shuffled captions (a
@@ -68,9 +67,9 @@ def train_one_epoch(step: TrainStep, data: CaptionSet, epoch: int, cfg: TrainCon
     bar = tqdm(batches(data, rows, size), total=n_batches, desc=f"Epoch {epoch}", unit="step",
                leave=False, dynamic_ncols=True, disable=not world.is_main)
     for i, (tokens, features) in enumerate(bar, 1):  # tokens (b, T + 2), features (b, F, D)
-        total += step(tokens, features, p_true)  # under torchrun this rank's share of the step's loss
+        total += step(tokens, features, teacher_forcing)  # under torchrun this rank's share of the step's loss
         if time.monotonic() - shown > 0.5 or i == n_batches:
-            bar.set_postfix_str(f"Training Loss: {total.item() / i:.4f}, samp_prob: {p_true:.4f}")
+            bar.set_postfix_str(f"loss {total.item() / i:.4f}, teacher forcing {teacher_forcing:.2f}")
             shown = time.monotonic()
     return distributed.total([total.item()], world, step.device)[0] / world.size / max(n_batches, 1)
 
@@ -138,7 +137,7 @@ def build(cfg: TrainConfig, store: FeatureStore, vocab: Vocab, device: torch.dev
                            embed=cfg.embed, dropout=cfg.dropout, attention=cfg.attention,
                            bidirectional=cfg.bidirectional, motion=cfg.motion)
     model = S2VT(model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
 
 
@@ -177,8 +176,8 @@ def train(cfg: TrainConfig) -> list[dict]:
 
 def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> list[dict]:
     if cfg.batch_size % world.size:
-        raise ValueError(f"the global batch size {cfg.batch_size} must divide by the number of processes "
-                         f"{world.size}: pass a BATCH that does")
+        raise ConfigError(f"the global batch size {cfg.batch_size} must divide by the number of processes "
+                          f"{world.size}: pass a BATCH that does")
     run = ensure_writable_folder(cfg.run_dir, "RUN")
     precision = resolve_precision(cfg.precision, device, allowed=("auto", "fp32", "bf16"), auto_bf16_on_cpu=False)
     store, vocab, train_set, val_set = prepare(cfg, device, world.local_size)
@@ -188,32 +187,26 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
         print(f"{run} has already trained {progress.epoch} epochs; pass a larger EPOCHS to continue "
               f"(nothing was changed)")
         return progress.history
-    print(f"train: {len(train_set)} videos, {len(train_set.tokens)} captions; validation: "
-          f"{len(val_set) if val_set else 0} videos; vocabulary: {len(vocab)} words (min count {cfg.min_count}); "
-          f"features {tuple(train_set.features.shape[1:])} from {store.settings.backbone}; device {device} "
-          f"at {precision}" + (f"; {world.size} processes, {cfg.batch_size // world.size} captions per "
-                                f"process and step" if world.distributed else ""))
-    if not val_set:
-        print("no validation split (--val-fraction 0): best.pt is the epoch with the lowest training loss")
+    _describe(cfg, train_set, val_set, vocab, store, f"device {device} at {precision}", world)
     layout = {"world_size": world.size, "batch_size_per_process": cfg.batch_size // world.size}
     if world.is_main:
         write_json(run / "config.json", asdict(cfg) | layout)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world.distributed else model
     step = TrainStep(net, optimizer, device, precision, vocab.pad_id, cfg.clip_grad, cfg.batch_size // world.size,
-                     cfg.cuda_graphs, world)
+                     cfg.cuda_graphs, world, cfg.label_smoothing)
     in_sync = [e for e in _read_json(run / "ddp.json").get("epochs", []) if e["epoch"] < progress.epoch]
-    probs = teacher_forcing(cfg.schedule, cfg.epochs)
+    teacher_forcing = schedule.per_epoch(cfg.schedule, cfg.epochs)
     for epoch in range(progress.epoch, cfg.epochs):
         began = time.perf_counter()
         with _out_of_memory_names_batch(cfg, run, progress):
-            train_loss = train_one_epoch(step, train_set, epoch, cfg, float(probs[epoch]), world)
+            train_loss = train_one_epoch(step, train_set, epoch, cfg, float(teacher_forcing[epoch]), world)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             scores = validate(model, val_set, vocab, device, cfg, precision, world) if val_set else \
                 {"val_loss": None, "val_bleu": None}
         progress.history.append({"epoch": epoch, "train_loss": train_loss, **scores,
-                                 "teacher_forcing": float(probs[epoch]), "lr": lr,
+                                 "teacher_forcing": float(teacher_forcing[epoch]), "lr": lr,
                                  "seconds": time.perf_counter() - began})
         score = scores["val_bleu"] if val_set else -train_loss
         improved = score > progress.best
@@ -226,9 +219,20 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
         if world.is_main:
             _save(run, checkpoint, improved, progress.history)
     if world.is_main:
-        plot_history(run, progress.history, probs)
+        plot_history(run, progress.history, teacher_forcing)
     print(f"run: {run} (best.pt, last.pt, metrics.csv, curves.png, schedule.png)")
     return progress.history
+
+
+def _describe(cfg: TrainConfig, train_set: CaptionSet, val_set: CaptionSet | None, vocab: Vocab,
+              store: FeatureStore, where: str, world: distributed.World) -> None:
+    print(f"train: {len(train_set)} videos, {len(train_set.tokens)} captions; validation: "
+          f"{len(val_set) if val_set else 0} videos; vocabulary: {len(vocab)} words (min count {cfg.min_count}); "
+          f"features {tuple(train_set.features.shape[1:])} from {store.settings.backbone}; {where}" +
+          (f"; {world.size} processes, {cfg.batch_size // world.size} captions per process and step"
+           if world.distributed else ""))
+    if not val_set:
+        print("no validation split (--val-fraction 0): best.pt is the epoch with the lowest training loss")
 
 
 @contextlib.contextmanager
@@ -252,8 +256,8 @@ def _save(run: Path, checkpoint: dict, improved: bool, history: list[dict]) -> N
     row = history[-1]
     validation = "no validation" if row["val_loss"] is None else \
         f"val loss {row['val_loss']:.4f}, val BLEU-1 {row['val_bleu']:.4f}"
-    print(f"Epoch {row['epoch']}: train loss {row['train_loss']:.4f}, {validation}, samp_prob "
-          f"{row['teacher_forcing']:.4f}, {row['seconds']:.1f} s{' (best)' if improved else ''}", flush=True)
+    print(f"Epoch {row['epoch']}: train loss {row['train_loss']:.4f}, {validation}, teacher forcing "
+          f"{row['teacher_forcing']:.2f}, {row['seconds']:.1f} s{' (best)' if improved else ''}", flush=True)
 
 
 def _read_json(path: Path) -> dict:

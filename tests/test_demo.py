@@ -20,18 +20,25 @@ def _make(*args: str) -> subprocess.CompletedProcess:
 
 def test_make_demo_smoke(tmp_path):
     sample, run = tmp_path / "sample", tmp_path / "demo"
-    proc = _make("demo", f"SAMPLE={sample}", f"DEMO_RUN={run}", "DEMO_CLIPS=1", "DEMO_FRAMES=4", "DEMO_EPOCHS=2",
-                 "DEMO_TRAIN_ARGS=--hidden 32 --embed 32 --captions-per-epoch all --val-fraction 0 --motion 4")
-    out = proc.stdout
-    for stage in ("sample config", "extract_features config", "train config", "evaluate config", "demo finished"):
-        assert stage in out, stage
+    demo = ["demo", f"SAMPLE={sample}", f"DEMO_RUN={run}", "DEMO_CLIPS=1", "DEMO_FRAMES=4", "DEMO_EPOCHS=2",
+            "DEMO_TRAIN_ARGS=--hidden 32 --embed 32 --captions-per-epoch all --val-fraction 0 --motion 4"]
+    _make(*demo)
+    test_ids = [entry["id"] for entry in json.loads((sample / "testing_label.json").read_text())]
+    train_ids = [entry["id"] for entry in json.loads((sample / "training_label.json").read_text())]
+    assert len(test_ids) >= 48 and not set(test_ids) & set(train_ids)
     scores = json.loads((run / "scores.json").read_text())
-    assert {"bleu4", "cider", "baseline", "attributes"} <= set(scores)
+    assert scores["n_videos"] == len(test_ids) and scores["checkpoint"]["epoch"] == 2
+    assert all(0 <= scores[key] <= 1 for key in ("bleu4", "mlds_bleu1", "rouge_l")) and scores["cider"] >= 0
     assert set(scores["attributes"]) == {"colour", "shape", "motion", "all"}
+    assert all(0 <= value <= 1 for value in scores["attributes"].values())
+    assert sorted(load_captions(run / "captions.txt")) == sorted(test_ids)
     assert (run / "report.html").read_text().count("data:image/gif;base64,") == 8
-    again = _make("demo", f"SAMPLE={sample}", f"DEMO_RUN={run}", "DEMO_CLIPS=1", "DEMO_FRAMES=4", "DEMO_EPOCHS=2",
-                  "DEMO_TRAIN_ARGS=--hidden 32 --embed 32 --captions-per-epoch all --val-fraction 0 --motion 4")
-    assert "already holds this sample set" in again.stdout and "done 0, skipped 64" in again.stdout
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].split(",")[2:4] == ["", ""], "no validation split: empty cells, not nan"
+    again = _make(*demo)
+    assert "already holds this sample set" in again.stdout and "skipped" in again.stdout
+    extraction = json.loads((sample / "features" / "efficientnet_lite0_4.config.json").read_text())
+    assert extraction["summary"]["done"] == [], "the second run extracts nothing"
 
 
 def test_new_clips_dropped_in_are_extracted_and_captioned(tmp_path):

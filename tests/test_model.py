@@ -11,6 +11,7 @@ from torch.overrides import TorchFunctionMode
 
 from pipeline.checkpoint import LAYOUT, model_from_checkpoint
 from pipeline.model import S2VT, S2VTConfig, masked_loss
+from pipeline.train_step import TrainStep
 
 VARIANTS = {"s2vt": {}, "luong": {"attention": "luong"}, "bahdanau": {"attention": "bahdanau"},
             "bidirectional": {"bidirectional": True}, "bidirectional-luong": {"bidirectional": True,
@@ -170,3 +171,21 @@ def test_scheduled_sampling_feeds_the_models_own_words():
 def test_unknown_attention():
     with pytest.raises(ValueError, match="luong"):
         _model(attention="transformer")
+
+
+@pytest.mark.parametrize("variant", ["s2vt", "bidirectional"])
+def test_an_eager_step_runs_only_to_the_longest_caption_and_gives_the_full_length_loss(variant):
+    """Columns that are padding in every row are cut before the step: the encoder runs fewer word steps
+    (all of them when bidirectional, whose backward half reads every step) and the loss is unchanged."""
+    model = _model(**VARIANTS[variant])
+    model.drop.p = 0.0  # the same arithmetic with and without the cut
+    features, tokens = _batch()
+    features, tokens = features[:2], tokens[:2]  # the longer of these two rows uses 5 of 7 columns
+    with torch.no_grad():
+        full_loss = masked_loss(model(features, tokens[:, :-1]), tokens[:, 1:], pad_id=0)
+    lengths = []
+    model.encoder.register_forward_hook(lambda module, args, out: lengths.append(args[0].shape[1]))
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.device("cpu"), "fp32", 0, 5.0, 2)
+    loss = step(tokens, features, 1.0)
+    torch.testing.assert_close(loss, full_loss, rtol=1e-5, atol=1e-6)
+    assert lengths == [features.shape[1] + (model.cfg.steps if model.cfg.bidirectional else 4)]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 import pytest
 
 from pipeline.config import SampleConfig
 from pipeline.attributes import attribute_accuracy, parse_attributes
-from pipeline.sample import COLOURS, MOTIONS, SHAPES, generate
+from pipeline.sample import COLOURS, MOTIONS, PAIRS, SHAPES, TEMPLATES, generate, held_out_combinations
 from pipeline.video import read_clip
 
 SMALL = {"clips_per_combination": 1, "test_clips_per_combination": 1, "held_out": 8, "frames": 12, "size": 64}
@@ -36,13 +37,24 @@ def test_test_split_holds_only_unseen_combinations(sample):
         assert {c[k] for c in train} == set(values)
 
 
+@pytest.mark.parametrize("n, least", [(8, 2), (12, 2), (16, 2), (24, 1), (32, 1)])
+def test_every_pair_of_a_held_out_combination_is_still_taught_with_other_third_attributes(n, least):
+    held_out = held_out_combinations(n, np.random.default_rng(n))
+    taught = set(itertools.product(COLOURS, SHAPES, MOTIONS)) - set(held_out)
+    assert len(set(held_out)) == n
+    for combo in held_out:
+        for i, j in PAIRS:
+            others = [c for c in taught if (c[i], c[j]) == (combo[i], combo[j])]
+            assert len(others) >= least, f"{combo}: the pair {combo[i]}, {combo[j]} is taught {len(others)} times"
+
+
 def test_clips_and_references(sample):
     cfg, out = sample
     entries = json.loads(out["train"].read_text()) + json.loads(out["test"].read_text())
     assert len(entries) == len(list(out["raw"].glob("*.avi"))) == 48
     attributes = json.loads(out["attributes"].read_text())
     for entry in entries:
-        assert 3 <= len(entry["caption"]) <= 5
+        assert len(entry["caption"]) == len(TEMPLATES)
         assert all(parse_attributes(c) == attributes[entry["id"]] for c in entry["caption"])
     clip = read_clip(out["raw"] / entries[0]["id"], 12)
     assert clip.n_frames == 12 and clip.frames.shape == (12, 64, 64, 3)

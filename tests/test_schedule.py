@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pipeline.schedule import constant, inverse_sigmoid, linear, teacher_forcing
+from pipeline.schedule import constant, inverse_sigmoid, linear, per_epoch
 
 
 def seed_printed_schedule() -> np.ndarray:
@@ -26,6 +26,6 @@ def test_inverse_sigmoid_equals_the_seed_for_all_100_epochs():
 def test_other_schedules():
     assert constant(5).tolist() == [1.0] * 5
     assert linear(3).tolist() == [1.0, 0.75, 0.5]
-    assert teacher_forcing("constant", 2).tolist() == [1.0, 1.0]
+    assert per_epoch("constant", 2).tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="inverse_sigmoid"):
-        teacher_forcing("cosine", 10)
+        per_epoch("cosine", 10)

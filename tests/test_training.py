@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -168,10 +169,14 @@ def test_make_train_end_to_end(clip_features, tmp_path):
     assert bad.returncode != 0 and "hidden: checkpoint has 32, asked for 48" in bad.stderr
 
 
-def test_train_help():
-    out = run_script("train.py", "--help", check=True).stdout
-    for option in ("--features", "--labels", "--run-dir", "--epochs", "--schedule", "--attention", "--bidirectional"):
-        assert option in out
+def test_train_help_lists_every_option_with_its_default_and_make_variable():
+    out = " ".join(run_script("train.py", "--help", check=True).stdout.split())
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in out, flag
+        make = f"; make: {field.metadata['make']}" if field.metadata["make"] else ""
+        assert f"(default: {field.default}{make})" in out, field.name
+    assert "--no-bidirectional" in out and "{none,luong,bahdanau}" in out
 
 
 def test_features_read_from_the_store_train_exactly_as_in_memory(clip_features, tmp_path, capsys):
