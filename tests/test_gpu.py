@@ -4,7 +4,6 @@ Marked `gpu`: skipped without CUDA, run by `../shared/gpu/check.sh` (`pytest -m 
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
@@ -15,6 +14,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.config import TrainConfig
 from pipeline.model import S2VT, S2VTConfig
 from pipeline.train_step import TrainStep
+from pipeline import training
 from pipeline.training import train
 
 pytestmark = pytest.mark.gpu
@@ -42,14 +42,23 @@ def _train(model: S2VT, data: list, graphs: bool, teacher_forcing: float, precis
     return losses
 
 
+def _twins(cfg: S2VTConfig) -> tuple[S2VT, S2VT]:
+    """Two equal models, each made on the GPU as training makes it (a deep copy would leave its LSTM
+    weights outside cuDNN's one flat buffer, and cuDNN would warn about that)."""
+    twins = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        twins.append(S2VT(cfg).to(CUDA))
+    return twins[0], twins[1]
+
+
 @pytest.mark.parametrize("teacher_forcing", [1.0, 0.7])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_captured_step_gives_the_eager_steps_losses_without_a_warning(variant, teacher_forcing):
     torch.manual_seed(0)
     cfg = S2VTConfig(feature_dim=24, vocab_size=50, pad_id=0, bos_id=1, eos_id=2, max_len=10, hidden=32, embed=16,
                      dropout=0.3, **VARIANTS[variant])
-    eager = S2VT(cfg).to(CUDA)
-    captured = copy.deepcopy(eager)
+    eager, captured = _twins(cfg)
     data = _batches(6, 16, torch.Generator().manual_seed(1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -64,20 +73,33 @@ def test_the_captured_step_gives_the_eager_steps_losses_without_a_warning(varian
 def test_bf16_captured_steps_stay_close_to_eager_bf16():
     torch.manual_seed(0)
     cfg = S2VTConfig(feature_dim=24, vocab_size=50, pad_id=0, bos_id=1, eos_id=2, max_len=10, hidden=32, embed=16)
-    eager = S2VT(cfg).to(CUDA)
-    captured = copy.deepcopy(eager)
+    eager, captured = _twins(cfg)
     data = _batches(6, 16, torch.Generator().manual_seed(2))
     expected = _train(eager, data, False, 0.7, "bf16")
     got = _train(captured, data, True, 0.7, "bf16")
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=2e-2, atol=1e-3)
 
 
-def test_a_resumed_cuda_run_ends_with_the_same_weights(clip_features, tmp_path):
+def test_an_interrupted_cuda_run_resumes_to_the_same_weights(clip_features, tmp_path, monkeypatch):
+    """Ctrl-C in the third epoch, then the same command: the captured steps (teacher forcing, then
+    sampling) end where an uninterrupted run ends."""
     cfg = dict(features=str(clip_features), labels=str(CLIPS_DIR / "labels.json"), hidden=32, embed=32,
-               batch_size=32, captions_per_epoch="all", val_fraction=0.25, device="cuda", schedule="linear")
-    train(TrainConfig(run_dir=str(tmp_path / "whole"), epochs=4, **cfg))
-    train(TrainConfig(run_dir=str(tmp_path / "resumed"), epochs=2, **cfg))
-    train(TrainConfig(run_dir=str(tmp_path / "resumed"), epochs=4, **cfg))
+               batch_size=32, captions_per_epoch="all", val_fraction=0.25, device="cuda", epochs=5)
+    train(TrainConfig(run_dir=str(tmp_path / "whole"), **cfg))
+    epoch_of_run = training.train_one_epoch
+    started = []
+
+    def interrupted_in_the_third(*args, **kwargs):
+        started.append(1)
+        if len(started) == 3:
+            raise KeyboardInterrupt
+        return epoch_of_run(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", interrupted_in_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(run_dir=str(tmp_path / "resumed"), **cfg))
+    monkeypatch.setattr(training, "train_one_epoch", epoch_of_run)
+    train(TrainConfig(run_dir=str(tmp_path / "resumed"), **cfg))
     whole, resumed = (load_checkpoint(tmp_path / run / "last.pt") for run in ("whole", "resumed"))
     assert [r["train_loss"] for r in whole["history"]] == [r["train_loss"] for r in resumed["history"]]
     for name, tensor in whole["model"].items():
