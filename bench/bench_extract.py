@@ -127,10 +127,10 @@ def _on_cpu(name: str, videos: list[Path], repeats: int, device: torch.device, w
 def _batch_of_frames(name: str, device: torch.device, videos: list[Path]) -> torch.Tensor:
     """GPU_BATCH real frames, resized and cropped, on the device: (GPU_BATCH, 3, crop, crop) uint8."""
     geometry = load_backbone(name, WEIGHTS[name]).spec.preprocess.geometry
-    frames = np.concatenate([read_clip(v, FRAMES).frames for v in videos])[:GPU_BATCH]  # (N, H, W, 3)
-    while len(frames) < GPU_BATCH:
-        frames = np.concatenate([frames, frames])[:GPU_BATCH]
-    return torch.cat([geometry(torch.from_numpy(f[None]).permute(0, 3, 1, 2)) for f in frames]).to(device)
+    # each clip resized and cropped on its own: the clips' frame sizes differ
+    cropped = torch.cat([geometry(torch.from_numpy(read_clip(v, FRAMES).frames).permute(0, 3, 1, 2))
+                         for v in videos])  # (N, 3, crop, crop)
+    return cropped.repeat(-(-GPU_BATCH // len(cropped)), 1, 1, 1)[:GPU_BATCH].to(device)
 
 
 def _network_alone(name: str, device: torch.device, precision: str, batch: torch.Tensor, keep: dict):

@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import ROOT
+import torch
+
+from bench import bench_extract
+from conftest import ROOT, SMALL_CLIPS
+from pipeline.video import read_clip
 
 KEYS = {"extract": {"backbone_fps", "pipeline_fps", "ratio"},
         "precision": {"fp32_fps", "bf16_fps", "speedup", "cosine"},
@@ -34,3 +38,17 @@ def test_make_bench_writes_every_benchmark(tmp_path):
     assert all(f > 0 for f in figures)
     assert 0.9 < results["precision"]["efficientnet_lite0"]["cosine"] <= 1.0
     assert "| benchmark | measured | figure | target |" in proc.stdout and "| memory |" in proc.stdout
+
+
+def test_the_gpu_extraction_bench_runs_its_whole_path_on_clips_of_different_sizes(tmp_path, monkeypatch):
+    """What `make bench DEVICE=cuda` runs for extraction, at toy sizes on the CPU: the shared clips differ in
+    frame size (320x240 to 1280x720), and the network's batch is made of all of them (here two sizes)."""
+    monkeypatch.setattr(bench_extract, "GPU_CLIPS", 2)
+    monkeypatch.setattr(bench_extract, "GPU_BATCH", 6)
+    monkeypatch.setattr(bench_extract, "FRAMES", 2)
+    videos = SMALL_CLIPS[2:]  # 320x240 and 352x288
+    assert len({read_clip(v, 1).frames.shape for v in videos}) > 1, "the clips must differ in size"
+    row, precision = bench_extract._on_gpu("efficientnet_lite0", videos, 1, torch.device("cpu"), tmp_path)
+    assert row["clips"] == 2 and row["backbone_batch"] == 6
+    assert {"backbone_fps", "decode_fps", "pipeline_fps", "msvd_projected_s", "ratio"} <= set(row)
+    assert 0.9 < precision["cosine"] <= 1.0

@@ -82,3 +82,14 @@ def test_caption_py_refuses_two_files_giving_one_video_id(tiny_run, tmp_path):
 def test_make_caption_target(tiny_run):
     proc = _make("caption", f"VIDEO={CLIPS_DIR / 'ufFT2BWh3BQ_0_8.avi'}", f"RUN={tiny_run}", "BEAM=1")
     assert proc.stdout.strip().splitlines()[-1].startswith("ufFT2BWh3BQ_0_8.avi,")
+
+
+def test_demo_seed_makes_its_own_sample_set_and_run_with_that_seed():
+    """`make demo DEMO_SEED=N` (dry run): the sample set and the training both take seed N, in their own folders."""
+    plan = subprocess.run(["make", "-n", "--no-print-directory", "demo", "DEMO_SEED=3"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
+    sample = next(line for line in plan.splitlines() if "sample.py" in line)
+    training = next(line for line in plan.splitlines() if "train.py" in line)
+    assert "--sample data/sample-seed3" in sample and "--seed 3" in sample
+    assert "--run-dir runs/demo-seed3" in training and "--seed 3" in training
+    assert "data/sample-seed3/features/" in training
