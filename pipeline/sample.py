@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -51,9 +52,19 @@ def held_out_combinations(n: int, rng: np.random.Generator) -> list[tuple[str, s
     def fits(chosen: list, combo: tuple) -> bool:
         return all(sum((c[i], c[j]) == (combo[i], combo[j]) for c in chosen) < cap for (i, j), cap in caps.items())
 
+    def reachable(chosen: list, start: int) -> bool:  # can the combinations from `start` on still complete n?
+        for (i, j), cap in caps.items():
+            used = Counter((c[i], c[j]) for c in chosen)
+            left = Counter((c[i], c[j]) for c in order[start:])
+            if sum(min(cap - used[pair], count) for pair, count in left.items()) < n - len(chosen):
+                return False
+        return True
+
     def extend(chosen: list, start: int) -> list | None:  # depth-first, in the random order
         if len(chosen) == n:
             return chosen
+        if not reachable(chosen, start):
+            return None
         for k in range(start, len(order)):
             if fits(chosen, order[k]):
                 found = extend(chosen + [order[k]], k + 1)
