@@ -189,3 +189,14 @@ def test_an_eager_step_runs_only_to_the_longest_caption_and_gives_the_full_lengt
     loss = step(tokens, features, 1.0)
     torch.testing.assert_close(loss, full_loss, rtol=1e-5, atol=1e-6)
     assert lengths == [features.shape[1] + (model.cfg.steps if model.cfg.bidirectional else 4)]
+
+
+def test_label_smoothing_mixes_the_target_with_the_whole_vocabulary_over_real_tokens_only():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 3, 11), torch.tensor([[4, 5, 0], [6, 0, 0]])  # 0 is padding
+    log_p = logits.log_softmax(dim=-1)
+    target_term = -log_p.gather(-1, targets[..., None])[..., 0]  # (B, T)
+    vocabulary_term = -log_p.mean(dim=-1)  # (B, T)
+    expected = (0.8 * target_term + 0.2 * vocabulary_term)[targets != 0].mean()
+    torch.testing.assert_close(masked_loss(logits, targets, pad_id=0, label_smoothing=0.2), expected)
+    torch.testing.assert_close(masked_loss(logits, targets, pad_id=0), target_term[targets != 0].mean())
