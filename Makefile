@@ -27,7 +27,7 @@ DEMO_CLIPS ?= 12
 DEMO_FRAMES ?= 16
 DEMO_EPOCHS ?= 20
 DEMO_TRAIN_ARGS ?= --hidden 256 --embed 128 --dropout 0.6 --lr-schedule cosine --captions-per-epoch all \
-	--schedule constant --val-fraction 0 --motion 6
+	--schedule constant --val-fraction 0 --motion 6 --attention luong
 VIDEO    ?=
 
 VENV := .venv

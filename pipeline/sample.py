@@ -1,7 +1,7 @@
 """Generates the sample set: synthetic captioned clips that need no download.
 
 Writes, under `SAMPLE` (default `data/sample`): `raw/*.avi` (a coloured shape
-moving over a lightly textured background), `training_label.json` and
+moving over a lightly textured background lit from one corner), `training_label.json` and
 `testing_label.json` (MLDS JSON, five paraphrased references per clip) and
 `attributes.json` (each clip's colour, shape and motion). Some (colour, shape,
 motion) combinations never appear in training and make up the test split, so the
@@ -30,6 +30,11 @@ SHAPE_WORDS = {"circle": ("circle", "ball", "disc"), "square": ("square", "box",
 MOTION_PHRASES = {"left": ("to the left", "left", "leftwards"), "right": ("to the right", "right", "rightwards"),
                   "up": ("up", "upwards", "upward"), "down": ("down", "downwards", "downward")}
 CLIP_FPS = 8
+# Grey levels from the darkest corner (top left) to the lightest (bottom right). ImageNet networks learn
+# from mirrored images, so their pooled features of a clip and of its mirror image are nearly the same:
+# over a plain background "left" and "right" look alike. Over this light, a shape moving right passes
+# from dark to light ground, and the features tell the direction.
+LIGHT_RAMP = 120
 TEMPLATES = ("a {colour} {shape} is moving {motion}", "a {colour} {shape} moves {motion}",
              "the {colour} {shape} goes {motion}", "a {colour} {shape} is sliding {motion}",
              "there is a {colour} {shape} moving {motion}")
@@ -76,11 +81,15 @@ def held_out_combinations(n: int, rng: np.random.Generator) -> list[tuple[str, s
 
 
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Light grey with a soft texture and a slight tint, lit from the bottom right (see LIGHT_RAMP)."""
     noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), size / 16)
     noise = noise / (np.abs(noise).max() + 1e-6)
-    base = rng.uniform(150, 200) + 18 * noise  # light grey with a soft texture
+    base = rng.uniform(150, 200) + 18 * noise
     tint = rng.uniform(-8, 8, 3)
-    return np.clip(base[..., None] + tint, 0, 255).astype(np.uint8)  # (size, size, 3) RGB
+    textured = np.clip(base[..., None] + tint, 0, 255).astype(np.uint8)  # (size, size, 3) RGB
+    ramp = np.linspace(-0.5, 0.5, size) * LIGHT_RAMP / 2  # (size,): half of the ramp along each axis
+    lit = textured + ramp[None, :, None] + ramp[:, None, None]
+    return np.clip(lit, 0, 255).astype(np.uint8)
 
 
 def _draw(frame: np.ndarray, shape: str, centre: tuple[float, float], radius: float, colour) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import SampleConfig
 from pipeline.attributes import attribute_accuracy, parse_attributes
-from pipeline.sample import COLOURS, MOTIONS, PAIRS, SHAPES, TEMPLATES, generate, held_out_combinations
+from pipeline.sample import COLOURS, LIGHT_RAMP, MOTIONS, PAIRS, SHAPES, TEMPLATES, generate, held_out_combinations
 from pipeline.video import read_clip
 
 SMALL = {"clips_per_combination": 1, "test_clips_per_combination": 1, "held_out": 8, "frames": 12, "size": 64}
@@ -58,6 +58,17 @@ def test_clips_and_references(sample):
         assert all(parse_attributes(c) == attributes[entry["id"]] for c in entry["caption"])
     clip = read_clip(out["raw"] / entries[0]["id"], 12)
     assert clip.n_frames == 12 and clip.frames.shape == (12, 64, 64, 3)
+
+
+def test_the_background_is_lit_from_one_corner_so_that_left_and_right_look_different(sample):
+    """ImageNet networks see a clip and its mirror image nearly alike; the light ramp tells them apart."""
+    cfg, out = sample
+    grey = np.mean([read_clip(path, 12).frames.astype(np.float64).mean(axis=(0, 3))  # (64, 64) per clip
+                    for path in sorted(out["raw"].glob("*.avi"))], axis=0)  # over all clips: texture averages out
+    strip = 8
+    expected = LIGHT_RAMP / 2 * (1 - strip / cfg.size)  # half the ramp runs along each axis
+    assert grey[:, -strip:].mean() - grey[:, :strip].mean() == pytest.approx(expected, abs=5)  # right - left
+    assert grey[-strip:].mean() - grey[:strip].mean() == pytest.approx(expected, abs=5)  # bottom - top
 
 
 def test_deterministic_and_idempotent(sample, tmp_path):
