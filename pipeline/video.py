@@ -165,27 +165,30 @@ def read_clip(path: str | Path, n: int = 80, backend: str = "auto") -> Clip:
 
     The container's frame count picks the indices; when the real count differs
     (a lying header, unreadable last frames), another pass samples the frames
-    that really decode.
+    that really decode. Where a cut-off end decodes a frame or two further on one
+    pass than on another (decord's decoder does, under load), the clip is the
+    frames that every pass decoded: the shortest count seen.
     """
     path = Path(path)
     backend = DEFAULT_BACKEND if backend == "auto" else backend
     if backend not in _READERS:
         raise ValueError(f"unknown video backend {backend!r}; known: auto, {', '.join(BACKENDS)}")
     expected = claimed = _reported_frames(path, backend)
-    if expected == 0:  # no count in the container: count the frames first
+    decoded_before = expected == 0  # whether `expected` is a count a pass decoded, not the container's claim
+    if decoded_before:  # no count in the container: count the frames first
         expected = _decode_pass(path, backend, None)[1]
     for _ in range(MAX_PASSES):
         if expected == 0:
             raise VideoError(path, "no decodable frames")
         indices = sample_indices(expected, n)
         kept, n_decoded, fps = _decode_pass(path, backend, indices)
-        if n_decoded == expected:  # every sampled frame was decoded and kept
+        if n_decoded == expected or (decoded_before and n_decoded > expected):  # every sampled frame was kept
             break
-        expected = n_decoded
+        expected, decoded_before = n_decoded, True
     else:
         raise VideoError(path, f"decodes to a different number of frames on each of {MAX_PASSES} reads")
     frames = np.stack([kept[i] for i in indices.tolist()])  # (n, H, W, 3)
-    return Clip(frames=frames, indices=indices, n_frames=n_decoded, fps=fps, backend=backend, claimed_frames=claimed)
+    return Clip(frames=frames, indices=indices, n_frames=expected, fps=fps, backend=backend, claimed_frames=claimed)
 
 
 def read_frames(path: str | Path, n: int = 80, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:

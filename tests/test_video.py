@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ALL_CLIPS, SMALL_CLIPS, write_index_video
+from pipeline import video
 from pipeline.video import BACKENDS, DEFAULT_BACKEND, VideoError, read_clip, read_frames, sample_indices
 
 
@@ -91,6 +92,33 @@ def test_clip_whose_last_frames_cannot_be_read(tmp_path, backend):
     assert clip.n_frames <= len(reference) if backend == "decord" else clip.n_frames == len(reference)
     assert clip.indices.tolist() == sample_indices(clip.n_frames, 80).tolist()
     assert [_digest(f) for f in clip.frames] == [reference[i] for i in clip.indices]
+
+
+def test_a_cut_clip_that_decodes_a_frame_further_on_some_reads_is_the_frames_every_read_decoded(monkeypatch):
+    # Seen with decord on the cut clip above while other processes loaded the CPU: its three passes
+    # each decoded another number of frames, and the clip was refused. Here: 70, then 68, then 69.
+    lengths = iter([70, 68, 69])  # frames each decoding pass gets through; the header claims 210
+
+    class CutEndReader:
+        def __init__(self, path):
+            self.reported_frames, self.fps, self.length, self.at = 210, 25.0, None, -1
+
+        def grab(self):
+            self.length = next(lengths) if self.length is None else self.length
+            self.at += 1
+            return self.at < self.length
+
+        def retrieve(self):
+            return np.full((4, 4, 3), self.at, np.uint8)  # a frame showing its own number
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(video._READERS, "opencv", CutEndReader)
+    clip = read_clip(SMALL_CLIPS[0], 80, "opencv")
+    assert clip.n_frames == 68 and clip.claimed_frames == 210
+    assert clip.indices.tolist() == sample_indices(68, 80).tolist()
+    assert clip.frames[:, 0, 0, 0].tolist() == clip.indices.tolist()
 
 
 def _empty(path):
