@@ -22,7 +22,9 @@ def test_make_demo_smoke(tmp_path):
     sample, run = tmp_path / "sample", tmp_path / "demo"
     demo = ["demo", f"SAMPLE={sample}", f"DEMO_RUN={run}", "DEMO_CLIPS=1", "DEMO_FRAMES=4", "DEMO_EPOCHS=2",
             "DEMO_TRAIN_ARGS=--hidden 32 --embed 32 --captions-per-epoch all --val-fraction 0 --motion 4"]
-    _make(*demo)
+    first = _make(*demo).stdout
+    assert "no validation split (--val-fraction 0): best.pt is the epoch with the lowest training loss" in first
+    assert "train loss" in first and ", no validation," in first and "val loss nan" not in first
     test_ids = [entry["id"] for entry in json.loads((sample / "testing_label.json").read_text())]
     train_ids = [entry["id"] for entry in json.loads((sample / "training_label.json").read_text())]
     assert len(test_ids) >= 48 and not set(test_ids) & set(train_ids)
