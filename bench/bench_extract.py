@@ -12,6 +12,7 @@ stores only. Two benchmarks, per backbone:
   backbone runs alone at batch 256, and exact decoding alone (`decode_fps`,
   sampled frames/s in the pipeline's decoding threads) is reported beside them,
   with the MSVD extraction time (1,970 clips) projected from the pipeline's rate.
+  Decoding is NVDEC's where the GPU has it (`DECODER=auto`).
 - `precision`: the backbone alone at fp32 and at bf16 on the same frames, with
   `speedup` and `cosine` (mean per-frame cosine between the two precisions'
   features); reported as not run on a CPU without native bfloat16, where bf16 is
@@ -45,7 +46,7 @@ from pipeline.backbones import load_backbone  # noqa: E402
 from pipeline.config import ExtractConfig, resolve_device  # noqa: E402
 from pipeline.features import decode_workers, encode_clip, extract, find_videos  # noqa: E402
 from pipeline.precision import native_bf16, resolve_precision  # noqa: E402
-from pipeline.video import read_clip  # noqa: E402
+from pipeline.video import read_clip, resolve_decoder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CLIPS = ROOT.parent / "shared" / "data" / "msvd-clips"
@@ -142,11 +143,12 @@ def _network_alone(name: str, device: torch.device, precision: str, batch: torch
 
 
 def _decoding_alone(folder: Path, device: torch.device):
+    """Exact decoding with the decoder extraction uses on `device`, in extraction's decoding threads."""
     paths = sorted(folder.iterdir())
 
     def case() -> float:
         with ThreadPoolExecutor(decode_workers(ExtractConfig(), device)) as pool:
-            return timed(lambda: list(pool.map(lambda p: read_clip(p, FRAMES), paths)), device)
+            return timed(lambda: list(pool.map(lambda p: read_clip(p, FRAMES, "auto", device), paths)), device)
     return case
 
 
@@ -161,7 +163,7 @@ def _on_gpu(name: str, videos: list[Path], repeats: int, device: torch.device, w
     frames = FRAMES * n_clips
     row = {"backbone_fps": GPU_BATCH / seconds["backbone"], "decode_fps": frames / seconds["decoding"],
            "pipeline_fps": frames / seconds["pipeline"], "precision": default, "clips": n_clips,
-           "frames_per_clip": FRAMES, "backbone_batch": GPU_BATCH,
+           "frames_per_clip": FRAMES, "backbone_batch": GPU_BATCH, "decoder": resolve_decoder("auto", device),
            "msvd_projected_s": MSVD_CLIPS * seconds["pipeline"] / n_clips}
     row["ratio"] = row["pipeline_fps"] / row["backbone_fps"]
     other = "fp32" if default == "bf16" else "bf16"

@@ -6,7 +6,11 @@ captions up to 20 words, vocabulary 2,891), batch 64, hidden 512. On a CPU each
 case trains `steps` batches per repetition and the time is scaled to MLDS's
 1,450-video epoch (23 batches), so the benchmark fits in `make bench`; on a GPU
 (or with `--steps 23`) whole epochs are timed, ours with its steps replayed from
-CUDA graphs as `train` runs them.
+CUDA graphs as `train` runs them: the graph is captured in the first repetition,
+so the median of 3 is a replayed epoch. On a GPU one more replayed epoch of ours
+runs under `torch.profiler`: `profile` gives its wall time, the time the GPU was
+busy, and the host operations that took the most time, to tell a host-bound
+epoch from a GPU-bound one.
 
     python bench/bench_train.py [--steps 4] [--repeats 3] [--device auto]
 """
@@ -74,10 +78,26 @@ def run(steps: int = 4, repeats: int = 3, device: str = "auto") -> dict:
     result = {"ours_s_per_epoch": seconds["ours"], "reference_s_per_epoch": seconds["reference"],
               "speedup": seconds["reference"] / seconds["ours"], "precision": default,
               "device": str(target), "steps_timed": steps, "whole_epoch": steps * BATCH >= MLDS_VIDEOS}
+    if target.type == "cuda":
+        result["profile"] = profile_epoch(cases["ours"])
     if "ours_bf16" in seconds:
         result |= {"ours_bf16_s_per_epoch": seconds["ours_bf16"],
                    "bf16_speedup": seconds["reference"] / seconds["ours_bf16"]}
     return result
+
+
+def profile_epoch(epoch) -> dict:
+    """One more replayed epoch under `torch.profiler`: its wall seconds, the seconds the GPU ran kernels,
+    and the host operations with the most time of their own (what a host-bound epoch spends its time on)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        wall = epoch()
+    events = prof.key_averages()
+    gpu_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    return {"wall_s": wall, "gpu_busy_s": gpu_us / 1e6,
+            "top_host_ops_ms": {e.key: round(e.self_cpu_time_total / 1e3, 2) for e in host}}
 
 
 def main() -> None:
@@ -87,6 +107,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     for key, value in run(args.steps, args.repeats, args.device).items():
+        if isinstance(value, dict):
+            print(f"  {key:>24}: {value}")
+            continue
         print(f"  {key:>24}: {value:.2f}" if isinstance(value, float) else f"  {key:>24}: {value}")
 
 

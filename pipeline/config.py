@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from .errors import ConfigError
+from .video import DECODERS, DEFAULT_CPU_DECODER
 
 T = TypeVar("T")
 # The most frames a clip may be sampled at: each video's sampled indices are stored as an HDF5 attribute
@@ -73,15 +74,16 @@ class ExtractConfig(Checked):
     device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
     batch: int = opt(0, "frames per forward pass through the backbone; 0 = 16 on CPU (2x faster than 80 for "
                         "EfficientNet-Lite0 there), 80 on a GPU", at_least=0, make="BATCH")
-    decoder: str = opt("auto", "video decoder: 'auto' (= opencv)", choices=("auto", "opencv", "decord"),
-                       make="DECODER")
+    decoder: str = opt("auto", "video decoder: 'auto' = nvdec (the GPU's, through PyAV) on a CUDA device that has "
+                               f"it, else {DEFAULT_CPU_DECODER}; every decoder gives the exact sampled frames",
+                       choices=DECODERS, make="DECODER")
     dtype: str = opt("float32", "stored feature dtype", choices=("float32", "float16"))
     precision: str = opt("auto", "backbone arithmetic: fp32, bf16, fp16 (CUDA only), or auto = bf16 where the "
                                  "hardware computes it natively (recent CPUs and GPUs), else fp32; an existing "
                                  "store is extended at the precision it was made with", choices=PRECISIONS,
                          make="PRECISION")
-    workers: int = opt(0, "threads decoding clips ahead of the backbone; 0 = 1 on CPU, up to 8 with a GPU",
-                       at_least=0)
+    workers: int = opt(0, "threads decoding clips ahead of the backbone; 0 = 1 on CPU, one per core up to 16 with "
+                          "a GPU", at_least=0)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -44,9 +44,13 @@ from .errors import ConfigError, PipelineError, run_command
 from .precision import resolve_precision, runnable
 from .shards import merge_shards, shard_path
 from .store import SOURCE_KEYS, FeatureStore, StoreError, StoreSettings, writer_lock
-from .video import VIDEO_EXTENSIONS, Clip, VideoError, read_clip
+from .video import GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, nvdec_available, read_clip, resolve_decoder
 
 GEOMETRY_CHUNK = 8  # frames resized at once in a decoding thread
+# Devices whose forward passes take the frames of several clips at once while the previous pass's features are
+# copied out and written: a GPU would otherwise idle between one clip and the next. On a CPU the rate does not
+# grow with the batch, and each clip is written as soon as it is encoded.
+GROUPED_DEVICES = ("cuda",)
 # A clip missing more than this share of the frames its container claims fails: its features would
 # describe only part of what its captions describe. Up to it, the clip is extracted from the frames that
 # decode, with a warning (a broken last group of frames is common in downloaded clips).
@@ -63,6 +67,7 @@ class Summary:
     setup_seconds: float = 0.0  # loading the backbone and opening the store, before the first clip
     frames_encoded: int = 0
     precision: str = ""  # the precision the backbone ran at (`auto` resolved)
+    decoder: str = ""  # the decoder asked for (`auto` resolved); a clip NVDEC could not decode says so in `warnings`
 
     def line(self) -> str:
         busy = self.seconds - self.setup_seconds
@@ -71,7 +76,7 @@ class Summary:
         warned = f", {len(self.warnings)} with warnings" if self.warnings else ""
         return (f"done {len(self.done)}{warned}, skipped {len(self.skipped)} (already in the store), "
                 f"failed {len(self.failed)} in {self.seconds:.1f} s ({rate} after "
-                f"{self.setup_seconds:.1f} s of setup, at {self.precision})")
+                f"{self.setup_seconds:.1f} s of setup, at {self.precision}, decoded by {self.decoder})")
 
 
 def find_videos(raw: str | Path) -> tuple[list[Path], list[dict]]:
@@ -130,25 +135,32 @@ class Prepared:
 
 
 def frames_per_forward(batch: int, device: torch.device) -> int:
-    """`batch`, or for 0 the measured default: 16 frames on a CPU, 80 on a GPU."""
-    return batch if batch > 0 else (16 if device.type == "cpu" else 80)
+    """`batch`, or for 0 the measured default: 16 frames on a CPU, 256 on a GPU (several clips' frames)."""
+    return batch if batch > 0 else (16 if device.type == "cpu" else 256)
 
 
 def prepare_clip(clip: Clip, backbone: Backbone) -> tuple[torch.Tensor, np.ndarray]:
-    """The clip's distinct frames resized and cropped `(U, 3, crop, crop)`, and the row of each sampled frame.
+    """The clip's distinct frames resized and cropped `(U, 3, crop, crop)` on the backbone's device, and the
+    row of each sampled frame.
 
-    Frames are resized a few at a time, so a large frame size never costs more than a few float copies."""
+    Frames are moved and resized a few at a time, so a large frame size never costs more than a few float
+    copies; on a GPU the resizing is done there, leaving the CPU cores to decoding."""
     _, first, inverse = np.unique(clip.indices, return_index=True, return_inverse=True)
-    geometry = backbone.spec.preprocess.geometry
-    frames = torch.cat([geometry(torch.from_numpy(clip.frames[first[i:i + GEOMETRY_CHUNK]]).permute(0, 3, 1, 2))
-                        for i in range(0, len(first), GEOMETRY_CHUNK)])  # (U, 3, crop, crop) uint8
-    return (frames.pin_memory() if backbone.device.type == "cuda" else frames), inverse
+    geometry, device = backbone.spec.preprocess.geometry, backbone.device
+    frames = torch.cat([geometry(torch.from_numpy(clip.frames[first[i:i + GEOMETRY_CHUNK]]).to(device)
+                                 .permute(0, 3, 1, 2)) for i in range(0, len(first), GEOMETRY_CHUNK)])
+    return frames, inverse  # (U, 3, crop, crop) uint8
+
+
+def encode_frames(backbone: Backbone, frames: torch.Tensor, batch: int) -> torch.Tensor:
+    """Features `(N, D)` float32, on the backbone's device, of cropped frames `(N, 3, crop, crop)`, `batch` per
+    forward pass."""
+    return torch.cat([backbone.encode_cropped(frames[i:i + batch]) for i in range(0, len(frames), batch)])
 
 
 def encode_prepared(backbone: Backbone, frames: torch.Tensor, inverse: np.ndarray, batch: int) -> np.ndarray:
     """Features `(F, D)` float32: repeated frames were encoded once."""
-    chunks = [backbone.encode_cropped(frames[i:i + batch]).cpu() for i in range(0, len(frames), batch)]
-    return torch.cat(chunks).numpy()[inverse]  # (U, D) -> (F, D)
+    return encode_frames(backbone, frames, batch).cpu().numpy()[inverse]  # (U, D) -> (F, D)
 
 
 def encode_clip(backbone: Backbone, clip: Clip, batch: int = 0) -> np.ndarray:
@@ -172,7 +184,7 @@ def _decode(path: Path, cfg: ExtractConfig, backbone: Backbone) -> Decoded:
     the traceback kept when it is not a known way for a file to be unreadable."""
     try:
         stat = path.stat()
-        clip = read_clip(path, cfg.frames, cfg.decoder)
+        clip = read_clip(path, cfg.frames, cfg.decoder, backbone.device)
     except VideoError as exc:
         return Decoded(path, failure=exc.cause, unreadable=True)
     except Exception as exc:  # a decoder failing in a way we do not know: report it in full, go on
@@ -182,9 +194,12 @@ def _decode(path: Path, cfg: ExtractConfig, backbone: Backbone) -> Decoded:
         return Decoded(path, failure=f"truncated or damaged: only {clip.n_frames} of the {clip.claimed_frames} "
                                      f"frames its header claims decode; re-download or re-encode it",
                        unreadable=True)
-    warning = f"{clip.n_frames} of the {clip.claimed_frames} frames its header claims decode (truncated?); " \
-              f"extracted from those" if missing else None
-    return Decoded(path, Prepared(_source_attrs(stat, clip), *prepare_clip(clip, backbone)), warning=warning)
+    warnings = [clip.note] if clip.note else []
+    if missing:
+        warnings.append(f"{clip.n_frames} of the {clip.claimed_frames} frames its header claims decode (truncated?); "
+                        f"extracted from those")
+    return Decoded(path, Prepared(_source_attrs(stat, clip), *prepare_clip(clip, backbone)),
+                   warning="; ".join(warnings) or None)
 
 
 def _decoded(paths: list[Path], cfg: ExtractConfig, backbone: Backbone, pool: ThreadPoolExecutor,
@@ -205,22 +220,87 @@ def _source_attrs(stat: os.stat_result, clip: Clip) -> dict:
             "fps": clip.fps, "indices": clip.indices, "decoder": clip.backend, "claimed_frames": clip.claimed_frames}
 
 
-def _encode(backbone: Backbone, prepared: Prepared, batch: int) -> np.ndarray:
-    """`encode_prepared`; a GPU out of memory stops the run with the setting to lower."""
+@dataclass
+class _Pass:
+    """Clips whose frames went through the backbone together, and their features on the way to the host."""
+
+    clips: list[Decoded]
+    features: torch.Tensor  # (sum of the clips' distinct frames, D) float32, on the host
+    copied: torch.cuda.Event | None  # recorded once the copy to the host was queued; None: it is there
+
+    def per_clip(self) -> Iterator[tuple[Decoded, np.ndarray]]:
+        """Each clip with its features `(F, D)`, once the copy has arrived."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        features, start = self.features.numpy(), 0
+        for clip in self.clips:
+            n = len(clip.prepared.frames)
+            yield clip, features[start:start + n][clip.prepared.inverse]  # (U, D) -> (F, D)
+            start += n
+
+
+def _encode_pass(backbone: Backbone, clips: list[Decoded], batch: int) -> _Pass:
+    """Queue one backbone pass over `clips`' frames and the copy of its features to the host; a GPU out of
+    memory stops the run with the setting to lower."""
     try:
-        return encode_prepared(backbone, prepared.frames, prepared.inverse, batch)
+        features = encode_frames(backbone, torch.cat([clip.prepared.frames for clip in clips]), batch)  # (N, D)
     except torch.OutOfMemoryError:
         raise PipelineError(f"the GPU ran out of memory encoding {batch} frames at once: lower BATCH (frames per "
                             f"forward pass, e.g. BATCH={max(1, batch // 2)}); every clip finished before is in "
                             f"the store, and the next run goes on from there") from None
+    if features.device.type != "cuda":
+        return _Pass(clips, features, None)
+    host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+    host.copy_(features, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record(torch.cuda.current_stream(features.device))
+    return _Pass(clips, host, copied)
+
+
+class _Passes:
+    """Decoded clips through the backbone and into `write`, in order. On a grouped device (a GPU) a pass
+    takes consecutive clips up to `batch` frames, and the previous pass is written while it runs."""
+
+    def __init__(self, backbone: Backbone, batch: int, write: Callable[[_Pass], None]):
+        self.backbone, self.batch, self.write = backbone, batch, write
+        self.grouped = backbone.device.type in GROUPED_DEVICES
+        self.waiting: list[Decoded] = []  # decoded, for the next pass
+        self.in_flight: _Pass | None = None  # encoded, not yet written
+
+    def add(self, clip: Decoded) -> None:
+        gathered = sum(len(c.prepared.frames) for c in self.waiting)
+        if self.waiting and gathered + len(clip.prepared.frames) > self.batch:
+            self._start()
+        self.waiting.append(clip)
+        if not self.grouped:
+            self._start()
+
+    def finish(self) -> None:
+        """Encode what is waiting and write everything."""
+        if self.waiting:
+            self._start()
+        self.salvage()
+
+    def salvage(self) -> None:
+        """Write the pass already encoded (after an error or an interrupt, what was computed is kept)."""
+        done, self.in_flight = self.in_flight, None
+        if done is not None:
+            self.write(done)
+
+    def _start(self) -> None:
+        started, self.waiting = _encode_pass(self.backbone, self.waiting, self.batch), []
+        self.salvage()
+        self.in_flight = started
+        if not self.grouped:
+            self.salvage()
 
 
 def decode_workers(cfg: ExtractConfig, device: torch.device) -> int:
     """Decoding threads: as asked, or by default one beside a CPU backbone (which uses the other
-    cores) and up to 8 feeding a GPU (which outruns one decoder several times over)."""
+    cores) and one per core up to 16 feeding a GPU (which outruns one decoder many times over)."""
     if cfg.workers > 0:
         return cfg.workers
-    return 1 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 1))
+    return 1 if device.type == "cpu" else max(1, min(16, os.cpu_count() or 2))
 
 
 def check_options(cfg: ExtractConfig) -> tuple[torch.device, str]:
@@ -234,6 +314,9 @@ def check_options(cfg: ExtractConfig) -> tuple[torch.device, str]:
                           f"e.g. {store / 'vgg16_80.h5'}")
     ensure_writable_folder(store.parent, "FEATURES")
     device = resolve_device(cfg.device)
+    if cfg.decoder == GPU_DECODER and (device.type != "cuda" or not nvdec_available()):
+        raise ConfigError("DECODER=nvdec decodes on the GPU: it needs DEVICE=cuda, a CUDA GPU, and PyAV 18 or later "
+                          "with FFmpeg's CUDA hwaccel (the PyPI wheels have it); use DECODER=auto")
     precision = resolve_precision(cfg.precision, device)
     if cfg.precision == "auto" and store.is_file():
         precision = runnable(FeatureStore(store).settings.precision, device)
@@ -266,7 +349,8 @@ def _extract(cfg: ExtractConfig, world: distributed.World) -> Summary:
         backbone = load_backbone(cfg.backbone, cfg.weights).place(device, precision)
         main_store, store = _open_stores(cfg, store_settings(backbone, cfg), world)
         known = main_store.sources()
-        summary = Summary(precision=precision, failed=unusable if world.is_main else [])
+        summary = Summary(precision=precision, decoder=resolve_decoder(cfg.decoder, device),
+                          failed=unusable if world.is_main else [])
         todo = [path for path in videos if not _is_current(path, known.get(path.name))]
         summary.skipped = [path.name for path in videos if path not in todo]
         summary.setup_seconds = time.perf_counter() - start
@@ -303,19 +387,31 @@ def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, sto
     workers, batch = decode_workers(cfg, backbone.device), frames_per_forward(cfg.batch, backbone.device)
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), unit="video", desc="features",
                                                    disable=not todo or not world.is_main) as bar:
-        for clip in _decoded(todo, cfg, backbone, pool, ahead=workers + 1):
-            if clip.failure:
-                summary.failed.append({"file": str(clip.path), "reason": clip.failure})
-                if clip.unreadable and clip.path.name in known:
-                    stale.append(clip.path.name)
-            else:
-                store.write(clip.path.name, _encode(backbone, clip.prepared, batch), clip.prepared.source)
+        def write(done: _Pass) -> None:
+            for clip, features in done.per_clip():
+                store.write(clip.path.name, features, clip.prepared.source)
                 summary.done.append(clip.path.name)
                 summary.frames_encoded += cfg.frames
                 if clip.warning:
                     summary.warnings.append({"file": str(clip.path), "warning": clip.warning})
-            bar.update()
-            bar.set_postfix(failed=len(summary.failed))
+                bar.update()
+
+        passes = _Passes(backbone, batch, write)
+        try:
+            for clip in _decoded(todo, cfg, backbone, pool, ahead=workers + 1):
+                if clip.failure:
+                    summary.failed.append({"file": str(clip.path), "reason": clip.failure})
+                    if clip.unreadable and clip.path.name in known:
+                        stale.append(clip.path.name)
+                    bar.update()
+                    bar.set_postfix(failed=len(summary.failed))
+                else:
+                    passes.add(clip)
+            passes.finish()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error above is the one to report
+                passes.salvage()
+            raise
     return stale
 
 
@@ -336,7 +432,8 @@ def _combined(summaries: list[Summary]) -> Summary:
                    failed=[f for s in summaries for f in s.failed],
                    warnings=[w for s in summaries for w in s.warnings], seconds=max(s.seconds for s in summaries),
                    setup_seconds=max(s.setup_seconds for s in summaries),
-                   frames_encoded=sum(s.frames_encoded for s in summaries), precision=summaries[0].precision)
+                   frames_encoded=sum(s.frames_encoded for s in summaries), precision=summaries[0].precision,
+                   decoder=summaries[0].decoder)
 
 
 def _outputs(features: str) -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""Decodes exactly the uniformly sampled frames of a clip.
+"""Decodes exactly the uniformly sampled frames of a clip, on the CPU or with the GPU's video decoder.
 
 Reads a video file (.avi, .mp4, .mkv, .webm, .mov); writes nothing.
 `read_frames(path, n)` returns the `n` uniformly sampled frames as RGB uint8
@@ -7,12 +7,18 @@ Reads a video file (.avi, .mp4, .mkv, .webm, .mov); writes nothing.
 Correctness is defined against a full sequential decode: `frames[k]` is frame
 `indices[k]` of the clip read in order from the first frame. decord 0.6's seeking
 (`get_batch` on sparse indices, `vr[i]`, `skip_frames`) returns wrong frames on
-H.264 AVI clips, so every backend here reads every frame in order and keeps only
-the sampled ones; memory holds at most `n` frames whatever the clip's length.
+H.264 AVI clips, so every decoder here reads every frame in order and converts
+only the sampled ones to RGB; memory holds at most `n` frames whatever the clip's
+length. `nvdec` decodes on an NVIDIA GPU (FFmpeg's CUDA hwaccel through PyAV): the
+frames stay in GPU memory and only the sampled ones are copied out, as YUV planes
+that FFmpeg converts to RGB exactly as it converts a CPU-decoded frame. NVDEC takes
+the codecs whose decoding their standard makes exact (H.264, HEVC, VP8, VP9, AV1);
+a clip it fails on is decoded on the CPU instead, and the clip says why.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +27,17 @@ import numpy as np
 from .errors import PipelineError
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov")
-BACKENDS = ("opencv", "decord")
-# OpenCV's sequential grab/retrieve is exact and the fastest of the exact ways
-# measured on the MSVD clips (README, "Why OpenCV decodes by default").
-DEFAULT_BACKEND = "opencv"
+CPU_DECODERS = ("pyav", "opencv", "decord")
+GPU_DECODER = "nvdec"
+DECODERS = ("auto", *CPU_DECODERS, GPU_DECODER)  # what DECODER may be
+# PyAV and OpenCV decode the MSVD clips to the same frames, byte for byte; OpenCV was the faster of the exact
+# ways on the CPU in `make bench` (README, "Why OpenCV decodes by default").
+DEFAULT_CPU_DECODER = "opencv"
 MAX_PASSES = 3  # decoding passes before a clip whose frame count keeps changing is refused
+# The codecs NVDEC decodes here: those whose standards define the decoded picture exactly (integer transforms),
+# so the GPU's frames are the CPU's. MJPEG, MPEG-2 and MPEG-4 Part 2 allow IDCTs that round differently;
+# clips in those (and in codecs NVDEC lacks) are decoded on the CPU, as planned, without a warning.
+NVDEC_CODECS = ("h264", "hevc", "vp8", "vp9", "av1")
 
 
 class VideoError(PipelineError):
@@ -37,6 +49,10 @@ class VideoError(PipelineError):
         self.cause = cause
 
 
+class NvdecError(Exception):
+    """NVDEC could not decode a clip (unsupported codec or format, no device): the CPU decodes it instead."""
+
+
 @dataclass
 class Clip:
     """The sampled frames of one video and where they came from."""
@@ -45,8 +61,9 @@ class Clip:
     indices: np.ndarray  # (n,) int64, frame numbers in the full sequential decode
     n_frames: int  # frames really decoded (the container's count can lie)
     fps: float
-    backend: str
+    backend: str  # the decoder that decoded it
     claimed_frames: int = 0  # the frame count the container claims (0: it claims none)
+    note: str | None = None  # why it was not decoded by the decoder asked for (NVDEC fell back to the CPU)
 
     @property
     def missing_frames(self) -> int:
@@ -65,6 +82,112 @@ def sample_indices(n_total: int, n: int = 80) -> np.ndarray:
         raise ValueError(f"need n_total >= 1 and n >= 1, got n_total={n_total}, n={n}")
     k = np.arange(n, dtype=np.int64)
     return (2 * k + 1) * n_total // (2 * n)
+
+
+class _PyAVReader:
+    """Sequential access through PyAV (FFmpeg's libraries): `grab()` decodes, `retrieve()` converts to RGB."""
+
+    def __init__(self, path: Path):
+        import av
+
+        self._av = av
+        try:
+            self._container = av.open(str(path))
+        except av.FFmpegError as exc:
+            raise VideoError(path, f"cannot be opened as a video ({exc.strerror or exc})") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise VideoError(path, "holds no video stream")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"  # frame and slice threads: 1.3x slice threads alone on MSVD
+        self.reported_frames = max(self._stream.frames, 0)
+        self.fps = float(self._stream.average_rate or 0.0)
+        self._frames = self._container.decode(self._stream)
+        self._current = None
+
+    def grab(self) -> bool:
+        try:
+            self._current = next(self._frames)
+        except StopIteration:
+            return False
+        except self._av.FFmpegError:  # a frame that cannot be decoded ends the clip, on every pass alike
+            return False
+        return True
+
+    def retrieve(self) -> np.ndarray | None:
+        return self._current.to_ndarray(format="rgb24")  # (H, W, 3)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+class _NvdecReader:
+    """Sequential access through NVDEC: every frame is decoded into GPU memory and only a retrieved one
+    leaves it, as its NV12 planes, which FFmpeg's converter turns into the RGB a CPU decode gives.
+    Anything that goes wrong is an `NvdecError`: the CPU then decodes the clip and judges the file."""
+
+    def __init__(self, path: Path, gpu: int):
+        import av
+        from av.codec.hwaccel import HWAccel
+
+        self._av = av
+        hwaccel = HWAccel("cuda", device=str(gpu), allow_software_fallback=False, is_hw_owned=True)
+        try:
+            self._container = av.open(str(path), hwaccel=hwaccel)
+        except Exception as exc:  # no GPU decoder for this codec, or no CUDA device for FFmpeg
+            raise NvdecError(f"NVDEC cannot open it ({type(exc).__name__}: {exc})") from None
+        streams = self._container.streams.video
+        if not streams or not streams[0].codec_context.is_hwaccel:
+            self._container.close()
+            raise NvdecError("NVDEC has no decoder for its video stream")
+        self._stream = streams[0]
+        self.reported_frames = max(self._stream.frames, 0)
+        self.fps = float(self._stream.average_rate or 0.0)
+        self._frames = self._container.decode(self._stream)
+        self._current = None
+
+    def grab(self) -> bool:
+        try:
+            self._current = next(self._frames)
+        except StopIteration:
+            return False
+        except Exception as exc:
+            raise NvdecError(f"NVDEC failed decoding it ({type(exc).__name__}: {exc})") from None
+        return True
+
+    def retrieve(self) -> np.ndarray | None:
+        try:
+            return rgb_of_nv12(*gpu_planes(self._current), self._current)
+        except Exception as exc:
+            raise NvdecError(f"a decoded frame could not be copied out ({type(exc).__name__}: {exc})") from None
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def gpu_planes(frame) -> tuple[np.ndarray, np.ndarray]:
+    """The luma `(H, W)` and interleaved chroma `(H/2, W/2, 2)` planes of an NV12 frame in GPU memory."""
+    import torch
+
+    if frame.format.name != "cuda" or frame.sw_format.name != "nv12":
+        raise NvdecError(f"NVDEC gave a {frame.format.name}/{getattr(frame.sw_format, 'name', '?')} frame, "
+                         f"not 8-bit 4:2:0 (nv12)")
+    luma, chroma = (torch.utils.dlpack.from_dlpack(plane.__dlpack__()).cpu().numpy() for plane in frame.planes[:2])
+    return luma, chroma
+
+
+def rgb_of_nv12(luma: np.ndarray, chroma: np.ndarray, decoded) -> np.ndarray:
+    """RGB `(H, W, 3)` of NV12 planes, converted by FFmpeg from planar YUV 4:2:0 with the colour space and
+    range of the frame `decoded` they came from: the path a CPU-decoded yuv420p frame takes."""
+    import av
+
+    height, width = luma.shape
+    if height % 2 or width % 2:
+        raise NvdecError(f"odd frame size {width}x{height}")
+    planar = np.concatenate([luma.reshape(-1), chroma[..., 0].reshape(-1), chroma[..., 1].reshape(-1)])
+    frame = av.VideoFrame.from_ndarray(planar.reshape(-1, width), format="yuv420p")  # (H * 3 / 2, W)
+    frame.colorspace, frame.color_range = decoded.colorspace, decoded.color_range
+    return frame.reformat(format="rgb24", threads=1).to_ndarray()  # one thread: many clips decode at once
 
 
 class _OpenCVReader:
@@ -120,24 +243,48 @@ class _DecordReader:
         del self._reader
 
 
-_READERS = {"opencv": _OpenCVReader, "decord": _DecordReader}
+_READERS = {"pyav": _PyAVReader, "opencv": _OpenCVReader, "decord": _DecordReader}
 
 
-def _open(path: Path, backend: str):
+@functools.cache
+def nvdec_available() -> bool:
+    """Whether NVDEC can be asked for here: a CUDA GPU, and a PyAV whose FFmpeg has the CUDA hwaccel and
+    can keep decoded frames on the GPU (PyAV 18 or later)."""
+    import torch
+
+    try:
+        from av.codec.hwaccel import HWAccel, hwdevices_available
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and "cuda" in hwdevices_available() and hasattr(HWAccel, "is_hw_owned")
+
+
+def resolve_decoder(decoder: str, device="cpu") -> str:
+    """The decoder `decoder` means on `device`: `auto` is NVDEC on a CUDA device that has it, else the
+    default CPU decoder."""
+    import torch
+
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown video decoder {decoder!r}; known: {', '.join(DECODERS)}")
+    if decoder != "auto":
+        return decoder
+    return GPU_DECODER if torch.device(device).type == "cuda" and nvdec_available() else DEFAULT_CPU_DECODER
+
+
+def _open(path: Path, backend: str, gpu: int):
     if not path.is_file():
         raise VideoError(path, "no such file")
     if path.stat().st_size == 0:
         raise VideoError(path, "empty file (0 bytes)")
-    return _READERS[backend](path)
+    return _NvdecReader(path, gpu) if backend == GPU_DECODER else _READERS[backend](path)
 
 
-def _decode_pass(path: Path, backend: str, indices: np.ndarray | None):
-    """Read every frame in order; keep those at `indices` (None keeps nothing).
+def _decode_pass(path: Path, reader, indices: np.ndarray | None):
+    """Read every frame of the open `reader` in order; keep those at `indices` (None keeps nothing).
 
-    Returns `(kept, n_decoded, fps)`, `kept` mapping frame number to RGB frame.
+    Returns `(kept, n_decoded)`, `kept` mapping frame number to RGB frame.
     A frame that fails to decode ends the clip there, on every pass alike.
     """
-    reader = _open(path, backend)
     wanted = set() if indices is None else set(indices.tolist())
     kept: dict[int, np.ndarray] = {}
     n_decoded = 0
@@ -151,17 +298,16 @@ def _decode_pass(path: Path, backend: str, indices: np.ndarray | None):
             n_decoded += 1
     finally:
         reader.close()
-    return kept, n_decoded, reader.fps
+    return kept, n_decoded
 
 
-def _reported_frames(path: Path, backend: str) -> int:
-    reader = _open(path, backend)
-    reader.close()
-    return reader.reported_frames
-
-
-def read_clip(path: str | Path, n: int = 80, backend: str = "auto") -> Clip:
+def read_clip(path: str | Path, n: int = 80, backend: str = "auto", device="cpu") -> Clip:
     """Decode `n` uniformly sampled frames of `path`, exact by construction.
+
+    `backend` is a name of `DECODERS`; `auto` decodes with NVDEC when `device` is a CUDA
+    device and NVDEC is available, else with the default CPU decoder. NVDEC takes the
+    clips in `NVDEC_CODECS`; the CPU decoder the others, and any clip NVDEC fails on,
+    with the reason in `Clip.note`.
 
     The container's frame count picks the indices; when the real count differs
     (a lying header, unreadable last frames), another pass samples the frames
@@ -169,19 +315,49 @@ def read_clip(path: str | Path, n: int = 80, backend: str = "auto") -> Clip:
     pass than on another (decord's decoder does, under load), the clip is the
     frames that every pass decoded: the shortest count seen.
     """
+    import torch
+
     path = Path(path)
-    backend = DEFAULT_BACKEND if backend == "auto" else backend
-    if backend not in _READERS:
-        raise ValueError(f"unknown video backend {backend!r}; known: auto, {', '.join(BACKENDS)}")
-    expected = claimed = _reported_frames(path, backend)
+    backend = resolve_decoder(backend, device)
+    gpu = torch.device(device).index or 0
+    if backend == GPU_DECODER and _codec(path) not in NVDEC_CODECS:
+        backend = DEFAULT_CPU_DECODER
+    if backend != GPU_DECODER:
+        return _sampled(path, n, backend, gpu)
+    try:
+        return _sampled(path, n, backend, gpu)
+    except (NvdecError, VideoError) as exc:  # the CPU decoder judges the file: its error, if any, is the clip's
+        clip = _sampled(path, n, DEFAULT_CPU_DECODER, gpu)
+        clip.note = f"decoded on the CPU ({DEFAULT_CPU_DECODER}): {getattr(exc, 'cause', exc)}"
+        return clip
+
+
+def _codec(path: Path) -> str | None:
+    """The name of the codec of `path`'s video stream, or None when it cannot be told (the CPU decoder then
+    says what is wrong with the file)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return container.streams.video[0].codec_context.name if container.streams.video else None
+    except (av.FFmpegError, OSError):
+        return None
+
+
+def _sampled(path: Path, n: int, backend: str, gpu: int) -> Clip:
+    """`read_clip` with one decoder."""
+    reader = _open(path, backend, gpu)  # its container's frame count picks the first pass's indices
+    expected = claimed = reader.reported_frames
+    fps = reader.fps
     decoded_before = expected == 0  # whether `expected` is a count a pass decoded, not the container's claim
     if decoded_before:  # no count in the container: count the frames first
-        expected = _decode_pass(path, backend, None)[1]
+        expected, reader = _decode_pass(path, reader, None)[1], None
     for _ in range(MAX_PASSES):
         if expected == 0:
             raise VideoError(path, "no decodable frames")
         indices = sample_indices(expected, n)
-        kept, n_decoded, fps = _decode_pass(path, backend, indices)
+        kept, n_decoded = _decode_pass(path, reader or _open(path, backend, gpu), indices)
+        reader = None
         if n_decoded == expected or (decoded_before and n_decoded > expected):  # every sampled frame was kept
             break
         expected, decoded_before = n_decoded, True

@@ -59,6 +59,29 @@ def write_index_video(path: Path, n_frames: int, size: tuple[int, int] = (64, 48
     return path
 
 
+def write_h264_clip(path: Path, n_frames: int, size: tuple[int, int] = (128, 96), fps: int = 25,
+                    pix_fmt: str = "yuv420p") -> Path:
+    """An H.264 clip with B-frames (libx264 through PyAV; .mp4, .avi or .mkv by the suffix) whose every frame
+    differs: a gradient moving sideways, brightening with the frame number. `pix_fmt` yuv444p makes a High
+    4:4:4 clip, which NVDEC cannot decode."""
+    import av
+
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.codec_context.options = {"bf": "2", "g": "12", "preset": "ultrafast"}
+        for i in range(n_frames):
+            image = np.zeros((height, width, 3), np.uint8)  # (H, W, 3) RGB
+            image[:, :, 0] = (np.arange(width) * 2 + 8 * i) % 256
+            image[:, :, 1] = (5 * i) % 256
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def run_script(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
     """Run a top-level script of the repository with this interpreter."""
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, **kwargs)

@@ -17,6 +17,7 @@ from pipeline.video import read_clip
 
 KEYS = {"extract": {"backbone_fps", "pipeline_fps", "ratio"},
         "precision": {"fp32_fps", "bf16_fps", "speedup", "cosine"},
+        "decode": {"opencv_fps", "pyav_fps", "speedup", "default"},
         "train": {"ours_s_per_epoch", "reference_s_per_epoch", "speedup"},
         "beam": {"batched_vps", "single_vps", "speedup"},
         "memory": {"short_mb", "long_mb", "ratio"}}
@@ -31,13 +32,14 @@ def test_make_bench_writes_every_benchmark(tmp_path):
     for name in ("extract", "precision"):
         assert set(results[name]) == {"efficientnet_lite0"}
         assert KEYS[name] <= set(results[name]["efficientnet_lite0"])
-    for name in ("train", "beam", "memory"):
+    for name in ("decode", "train", "beam", "memory"):
         assert KEYS[name] <= set(results[name]), name
     figures = [results["extract"]["efficientnet_lite0"]["ratio"], results["train"]["speedup"],
                results["beam"]["speedup"], results["memory"]["ratio"]]
     assert all(f > 0 for f in figures)
     assert 0.9 < results["precision"]["efficientnet_lite0"]["cosine"] <= 1.0
     assert "| benchmark | measured | figure | target |" in proc.stdout and "| memory |" in proc.stdout
+    assert "| decode | sampled frames/s" in proc.stdout
 
 
 def test_the_gpu_extraction_bench_runs_its_whole_path_on_clips_of_different_sizes(tmp_path, monkeypatch):
@@ -52,3 +54,32 @@ def test_the_gpu_extraction_bench_runs_its_whole_path_on_clips_of_different_size
     assert row["clips"] == 2 and row["backbone_batch"] == 6
     assert {"backbone_fps", "decode_fps", "pipeline_fps", "msvd_projected_s", "ratio"} <= set(row)
     assert 0.9 < precision["cosine"] <= 1.0
+
+
+def test_the_gpu_training_bench_profile_names_the_epochs_time_and_its_busiest_host_operations():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_train
+
+    profile = bench_train.profile_epoch(lambda: float(torch.randn(64, 64).matmul(torch.randn(64, 64)).sum()))
+    assert set(profile) == {"wall_s", "gpu_busy_s", "top_host_ops_ms"}
+    assert "aten::mm" in profile["top_host_ops_ms"]
+
+
+def test_a_benchmark_that_fails_is_a_row_saying_why_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_train
+    import run_all
+
+    def fails(**kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access")
+    monkeypatch.setattr(bench_train, "run", fails)
+    out = tmp_path / "results.json"
+    assert run_all.main(["--quick", "--device", "cpu", "--out", str(out)]) == 1
+    results = json.loads(out.read_text())
+    assert results["failed"] == {"train": "RuntimeError: CUDA error: an illegal memory access"}
+    assert {"extract", "precision", "decode", "beam", "memory"} <= set(results)
+    assert "| train | failed: RuntimeError: CUDA error: an illegal memory access | nan | - |" in capsys.readouterr().out

@@ -404,8 +404,8 @@ def test_out_of_memory_in_extraction_names_batch_and_keeps_finished_clips(tmp_pa
     from pipeline import features
 
     fail = _out_of_memory(after=2)
-    fail.real = features.encode_prepared
-    monkeypatch.setattr(features, "encode_prepared", fail)
+    fail.real = features.encode_frames
+    monkeypatch.setattr(features, "encode_frames", fail)
     raw, path = copy_clips(SMALL_CLIPS, tmp_path / "raw"), tmp_path / "f.h5"
     with pytest.raises(PipelineError, match=r"out of memory encoding 16 frames at once: lower BATCH .*BATCH=8"):
         extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT, SMALL_CLIPS, copy_clips, run_script
 from pipeline.config import ExtractConfig
@@ -192,3 +193,80 @@ def test_make_features_twice(tmp_path):
     second = subprocess.run(make, cwd=ROOT, capture_output=True, text=True)
     assert "done 0, skipped 2" in second.stdout
     assert FeatureStore(store_path).ids() == sorted(p.name for p in SMALL_CLIPS[:2])
+
+
+def _grouped_like_a_gpu(monkeypatch) -> list[int]:
+    """Make the CPU pass several clips' frames through the backbone at once, as a GPU does; returns the
+    frame count of every pass."""
+    from pipeline import features
+
+    passes = []
+    real = features.encode_frames
+
+    def counted(backbone, frames, batch):
+        passes.append(len(frames))
+        return real(backbone, frames, batch)
+    monkeypatch.setattr(features, "GROUPED_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(features, "encode_frames", counted)
+    return passes
+
+
+def test_a_pass_takes_several_clips_up_to_batch_frames_and_each_clip_gets_its_own_features(tmp_path, monkeypatch):
+    raw = copy_clips(SMALL_CLIPS, tmp_path / "raw")
+    (raw / "broken.avi").write_bytes(b"\x00" * 1000)  # sorted between the clips: failures do not break a group
+    alone = extract(_config(raw, tmp_path / "alone.h5", batch=20))
+    passes = _grouped_like_a_gpu(monkeypatch)
+    grouped = extract(_config(raw, tmp_path / "grouped.h5", batch=20))
+    assert passes == [16, 16], "8 distinct frames a clip, at most 20 a pass: two clips each"
+    assert grouped.done == alone.done and [f["file"] for f in grouped.failed] == [str(raw / "broken.avi")]
+    for video_id in grouped.done:
+        np.testing.assert_allclose(FeatureStore(tmp_path / "grouped.h5").read(video_id),
+                                   FeatureStore(tmp_path / "alone.h5").read(video_id), rtol=1e-4, atol=1e-5)
+
+
+def test_when_a_pass_fails_the_pass_before_it_is_still_written(tmp_path, monkeypatch):
+    from pipeline import features
+    from pipeline.errors import PipelineError
+
+    _grouped_like_a_gpu(monkeypatch)
+    counted, calls = features.encode_frames, []
+
+    def out_of_memory_in_the_second_pass(backbone, frames, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return counted(backbone, frames, batch)
+    monkeypatch.setattr(features, "encode_frames", out_of_memory_in_the_second_pass)
+    raw, store = copy_clips(SMALL_CLIPS, tmp_path / "raw"), tmp_path / "f.h5"
+    with pytest.raises(PipelineError, match="out of memory encoding 20 frames at once"):
+        extract(_config(raw, store, batch=20))
+    assert FeatureStore(store).ids() == sorted(p.name for p in SMALL_CLIPS)[:2], "the first pass's two clips"
+
+
+def test_the_nvdec_decoder_is_refused_without_a_gpu_saying_what_it_needs(tmp_path):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="DECODER=nvdec decodes on the GPU: it needs DEVICE=cuda"):
+        extract(_config(copy_clips(SMALL_CLIPS[:1], tmp_path / "raw"), tmp_path / "f.h5", decoder="nvdec",
+                        device="cpu"))
+
+
+def test_a_clip_decoded_on_the_cpu_instead_of_nvdec_is_a_warning_and_records_its_decoder(tmp_path, monkeypatch):
+    from pipeline import features, video
+    from pipeline.backbones import load_backbone
+
+    def no_nvdec(path, gpu):
+        raise video.NvdecError("NVDEC has no decoder for its video stream")
+    monkeypatch.setattr(video, "_NvdecReader", no_nvdec)
+    backbone = load_backbone("efficientnet_lite0", "random")
+    decoded = features._decode(SMALL_CLIPS[0], _config(tmp_path, tmp_path / "f.h5", decoder="nvdec"), backbone)
+    assert decoded.failure is None and decoded.prepared.source["decoder"] == video.DEFAULT_CPU_DECODER
+    assert decoded.warning == f"decoded on the CPU ({video.DEFAULT_CPU_DECODER}): NVDEC has no decoder for its " \
+                              f"video stream"
+
+
+def test_the_summary_names_the_decoder(tmp_path):
+    from pipeline.video import DEFAULT_CPU_DECODER
+
+    summary = extract(_config(copy_clips(SMALL_CLIPS[:1], tmp_path / "raw"), tmp_path / "f.h5"))
+    assert summary.decoder == DEFAULT_CPU_DECODER and f"decoded by {DEFAULT_CPU_DECODER})" in summary.line()

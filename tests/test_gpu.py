@@ -1,4 +1,5 @@
-"""On a CUDA GPU: the captured training step against the eager one, exact resume, and no cuDNN warning.
+"""On a CUDA GPU: the captured training step against the eager one, exact resume, no cuDNN warning, and NVDEC
+decoding every frame as the CPU does.
 
 Marked `gpu`: skipped without CUDA, run by `../shared/gpu/check.sh` (`pytest -m gpu`)."""
 
@@ -6,16 +7,20 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import CLIPS_DIR
+from conftest import ALL_CLIPS, CLIPS_DIR, SMALL_CLIPS, copy_clips, write_h264_clip, write_index_video
+from pipeline import training, video
 from pipeline.checkpoint import load_checkpoint
-from pipeline.config import TrainConfig
+from pipeline.config import ExtractConfig, TrainConfig
+from pipeline.features import extract
 from pipeline.model import S2VT, S2VTConfig
+from pipeline.store import FeatureStore
 from pipeline.train_step import TrainStep
-from pipeline import training
 from pipeline.training import train
+from pipeline.video import read_clip
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda") if torch.cuda.is_available() else None
@@ -104,3 +109,67 @@ def test_an_interrupted_cuda_run_resumes_to_the_same_weights(clip_features, tmp_
     assert [r["train_loss"] for r in whole["history"]] == [r["train_loss"] for r in resumed["history"]]
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), f"{name} differs after resume"
+
+
+def _luma_planes(path, gpu: bool) -> list[bytes]:
+    """The luma plane of every frame of a full decode, as bytes: through NVDEC, or on the CPU."""
+    import av
+    from av.codec.hwaccel import HWAccel
+
+    options = {"hwaccel": HWAccel("cuda", allow_software_fallback=False, is_hw_owned=True)} if gpu else {}
+    with av.open(str(path), **options) as container:
+        if gpu:
+            return [video.gpu_planes(frame)[0].tobytes() for frame in container.decode(container.streams.video[0])]
+        return [np.ascontiguousarray(frame.to_ndarray()[:frame.height]).tobytes()
+                for frame in container.decode(container.streams.video[0])]
+
+
+@pytest.mark.parametrize("clip", ALL_CLIPS, ids=lambda p: p.name)
+def test_nvdec_decodes_every_frame_as_the_cpu_does(clip):
+    """H.264 decoding is exact by the standard: NVDEC's luma equals the CPU's byte for byte on every frame,
+    and the sampled frames' RGB (converted by FFmpeg from the same planes) is the CPU decode's, identically."""
+    assert _luma_planes(clip, gpu=True) == _luma_planes(clip, gpu=False)
+    gpu, cpu = read_clip(clip, 80, "nvdec", CUDA), read_clip(clip, 80, "pyav")
+    assert gpu.backend == "nvdec" and gpu.note is None
+    assert gpu.indices.tolist() == cpu.indices.tolist() and gpu.fps == cpu.fps
+    difference = np.abs(gpu.frames.astype(np.int16) - cpu.frames).max()
+    assert difference == 0, f"RGB differs by up to {difference}"
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi", ".mkv"])
+def test_nvdec_reads_generated_h264_with_b_frames_in_every_container(tmp_path, suffix):
+    path = write_h264_clip(tmp_path / f"b{suffix}", 90)
+    gpu, cpu = read_clip(path, 30, "auto", CUDA), read_clip(path, 30, "pyav")
+    assert gpu.backend == "nvdec" and gpu.n_frames == cpu.n_frames == 90
+    assert np.array_equal(gpu.frames, cpu.frames)
+
+
+def test_a_clip_nvdec_cannot_decode_falls_back_to_the_cpu_saying_so(tmp_path):
+    path = write_h264_clip(tmp_path / "444.mp4", 30, pix_fmt="yuv444p")  # H.264 High 4:4:4: not for NVDEC
+    clip, cpu = read_clip(path, 8, "nvdec", CUDA), read_clip(path, 8, video.DEFAULT_CPU_DECODER)
+    assert clip.backend == video.DEFAULT_CPU_DECODER and clip.note.startswith("decoded on the CPU")
+    assert np.array_equal(clip.frames, cpu.frames)
+
+
+def test_codecs_nvdec_does_not_decode_exactly_are_decoded_on_the_cpu_without_a_warning(tmp_path):
+    path = write_index_video(tmp_path / "ffv1.avi", 30)
+    clip = read_clip(path, 8, "auto", CUDA)
+    assert clip.backend == video.DEFAULT_CPU_DECODER and clip.note is None
+
+
+def test_extraction_on_the_gpu_decodes_with_nvdec_and_records_the_decoder_of_each_clip(tmp_path):
+    raw = copy_clips(SMALL_CLIPS[:2], tmp_path / "raw")
+    write_index_video(raw / "ffv1.avi", 30)
+    write_h264_clip(raw / "h444.mp4", 30, pix_fmt="yuv444p")
+    settings = dict(raw=str(raw), backbone="efficientnet_lite0", weights="imagenet", frames=16, precision="fp32")
+    on_gpu = extract(ExtractConfig(features=str(tmp_path / "gpu.h5"), device="cuda", **settings))
+    on_cpu = extract(ExtractConfig(features=str(tmp_path / "cpu.h5"), device="cpu", **settings))
+    assert on_gpu.decoder == "nvdec" and len(on_gpu.done) == 4 and not on_gpu.failed
+    assert [w["file"] for w in on_gpu.warnings] == [str(raw / "h444.mp4")], "NVDEC failed on it: said so"
+    sources = FeatureStore(tmp_path / "gpu.h5").sources()
+    assert {vid: s["decoder"] for vid, s in sources.items()} == \
+        {SMALL_CLIPS[0].name: "nvdec", SMALL_CLIPS[1].name: "nvdec", "ffv1.avi": video.DEFAULT_CPU_DECODER,
+         "h444.mp4": video.DEFAULT_CPU_DECODER}
+    for vid in on_cpu.done:  # the same frames; resizing on the GPU and its arithmetic differ only slightly
+        a, b = (torch.from_numpy(FeatureStore(tmp_path / name).read(vid)) for name in ("gpu.h5", "cpu.h5"))
+        assert torch.nn.functional.cosine_similarity(a, b, dim=1).min() > 0.999, vid

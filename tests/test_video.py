@@ -12,7 +12,10 @@ import pytest
 
 from conftest import ALL_CLIPS, SMALL_CLIPS, write_index_video
 from pipeline import video
-from pipeline.video import BACKENDS, DEFAULT_BACKEND, VideoError, read_clip, read_frames, sample_indices
+from pipeline.video import (CPU_DECODERS, DEFAULT_CPU_DECODER, VideoError, read_clip, read_frames, rgb_of_nv12,
+                            sample_indices)
+
+BACKENDS = CPU_DECODERS
 
 
 def _digest(frame: np.ndarray) -> str:
@@ -22,7 +25,12 @@ def _digest(frame: np.ndarray) -> str:
 def full_decode_digests(path: Path, backend: str) -> list[str]:
     """The reference: every frame of a plain in-order decode, as RGB digests."""
     digests = []
-    if backend == "opencv":
+    if backend == "pyav":
+        import av
+
+        with av.open(str(path)) as container:
+            digests = [_digest(f.to_ndarray(format="rgb24")) for f in container.decode(container.streams.video[0])]
+    elif backend == "opencv":
         cap = cv2.VideoCapture(str(path))
         while True:
             ok, bgr = cap.read()
@@ -60,12 +68,13 @@ def test_sampled_frames_are_exactly_those_of_a_full_decode(clip, backend, refere
 
 @pytest.mark.parametrize("clip", ALL_CLIPS, ids=lambda p: p.name)
 def test_backends_agree_on_every_frame(clip, reference_digests):
-    assert reference_digests[(clip.name, "opencv")] == reference_digests[(clip.name, "decord")]
+    assert reference_digests[(clip.name, "opencv")] == reference_digests[(clip.name, "decord")] \
+        == reference_digests[(clip.name, "pyav")]
 
 
 def test_auto_is_the_default_backend_and_recorded():
     clip = read_clip(SMALL_CLIPS[0], 8)
-    assert clip.backend == DEFAULT_BACKEND
+    assert clip.backend == DEFAULT_CPU_DECODER
     assert clip.n_frames == 210 and clip.fps == pytest.approx(29.92, abs=0.01)
 
 
@@ -186,3 +195,84 @@ def test_other_containers_are_read(tmp_path):
         path = write_index_video(tmp_path / f"clip{suffix}", 20)
         frames, indices = read_frames(path, 5)
         assert frames.shape == (5, 48, 64, 3)
+
+
+@pytest.mark.parametrize("clip", ALL_CLIPS, ids=lambda p: p.name)
+def test_nv12_planes_convert_to_the_rgb_of_the_cpu_decode(clip):
+    """What NVDEC hands over is a frame's NV12 planes (luma, then U and V interleaved); `rgb_of_nv12` must turn
+    them into the very RGB a CPU decode of the same frame gives. The planes here are the CPU decode's own."""
+    import av
+
+    with av.open(str(clip)) as container:
+        for i, frame in enumerate(container.decode(container.streams.video[0])):
+            planar = frame.to_ndarray()  # yuv420p as (H * 3 / 2, W): Y rows, then U, then V
+            h, w = frame.height, frame.width
+            u = planar[h:h + h // 4].reshape(h // 2, w // 2)
+            v = planar[h + h // 4:].reshape(h // 2, w // 2)
+            rgb = rgb_of_nv12(planar[:h], np.stack([u, v], axis=-1), frame)
+            assert np.array_equal(rgb, frame.to_ndarray(format="rgb24")), f"frame {i}"
+
+
+class _NvdecFailingAt:
+    """A stand-in NVDEC reader that fails when opened, or after `after` frames."""
+
+    def __init__(self, reason: str, after: int | None = None):
+        self.reason, self.after = reason, after
+
+    def __call__(self, path, gpu):
+        if self.after is None:
+            raise video.NvdecError(self.reason)
+        reader, failing = video._PyAVReader(path), self
+
+        class Reader:
+            reported_frames, fps, grabbed = reader.reported_frames, reader.fps, 0
+
+            def grab(self):
+                self.grabbed += 1
+                if self.grabbed > failing.after:
+                    raise video.NvdecError(failing.reason)
+                return reader.grab()
+
+            def retrieve(self):
+                return reader.retrieve()
+
+            def close(self):
+                reader.close()
+        return Reader()
+
+
+@pytest.mark.parametrize("fake", [_NvdecFailingAt("NVDEC has no decoder for its video stream"),
+                                  _NvdecFailingAt("NVDEC failed decoding it (cuvid)", after=50)],
+                         ids=["at-open", "mid-clip"])
+def test_a_clip_nvdec_cannot_decode_is_decoded_on_the_cpu_saying_why(monkeypatch, fake):
+    monkeypatch.setattr(video, "_NvdecReader", fake)
+    clip = read_clip(SMALL_CLIPS[0], 16, "nvdec", "cuda")
+    reference = read_clip(SMALL_CLIPS[0], 16, DEFAULT_CPU_DECODER)
+    assert clip.backend == DEFAULT_CPU_DECODER and clip.note == f"decoded on the CPU ({DEFAULT_CPU_DECODER}): " \
+                                                                f"{fake.reason}"
+    assert np.array_equal(clip.frames, reference.frames) and clip.indices.tolist() == reference.indices.tolist()
+
+
+def test_a_file_that_is_no_video_is_the_cpu_decoders_verdict_under_nvdec_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(video, "_NvdecReader", _NvdecFailingAt("NVDEC cannot open it"))
+    path = tmp_path / "text.avi"
+    _text(path)
+    with pytest.raises(VideoError, match="cannot be opened as a video"):
+        read_clip(path, 8, "nvdec", "cuda")
+
+
+def test_auto_is_nvdec_only_on_a_cuda_device_that_has_it(monkeypatch):
+    assert video.resolve_decoder("auto", "cpu") == DEFAULT_CPU_DECODER
+    monkeypatch.setattr(video, "nvdec_available", lambda: True)
+    assert video.resolve_decoder("auto", "cuda:0") == "nvdec" and video.resolve_decoder("auto", "cpu") != "nvdec"
+    assert video.resolve_decoder("pyav", "cuda") == "pyav"
+    monkeypatch.setattr(video, "nvdec_available", lambda: False)
+    assert video.resolve_decoder("auto", "cuda") == DEFAULT_CPU_DECODER
+
+
+def test_codecs_whose_decoding_is_not_exact_by_their_standard_never_go_to_nvdec(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(video, "_NvdecReader", lambda path, gpu: asked.append(path))
+    path = write_index_video(tmp_path / "ffv1.avi", 20)  # FFV1, like MJPEG, is not in NVDEC_CODECS
+    clip = read_clip(path, 4, "nvdec", "cuda")
+    assert not asked and clip.backend == DEFAULT_CPU_DECODER and clip.note is None
