@@ -12,7 +12,7 @@ stores only. Two benchmarks, per backbone:
   backbone runs alone at batch 256, and exact decoding alone (`decode_fps`,
   sampled frames/s in the pipeline's decoding threads) is reported beside them,
   with the MSVD extraction time (1,970 clips) projected from the pipeline's rate.
-  Decoding is NVDEC's where the GPU has it (`DECODER=auto`).
+  Decoding is `DECODER=auto`'s, the CPU's (NVDEC is compared in `bench_decode`).
 - `precision`: the backbone alone at fp32 and at bf16 on the same frames, with
   `speedup` and `cosine` (mean per-frame cosine between the two precisions'
   features); reported as not run on a CPU without native bfloat16, where bf16 is
@@ -163,7 +163,7 @@ def _on_gpu(name: str, videos: list[Path], repeats: int, device: torch.device, w
     frames = FRAMES * n_clips
     row = {"backbone_fps": GPU_BATCH / seconds["backbone"], "decode_fps": frames / seconds["decoding"],
            "pipeline_fps": frames / seconds["pipeline"], "precision": default, "clips": n_clips,
-           "frames_per_clip": FRAMES, "backbone_batch": GPU_BATCH, "decoder": resolve_decoder("auto", device),
+           "frames_per_clip": FRAMES, "backbone_batch": GPU_BATCH, "decoder": resolve_decoder("auto"),
            "msvd_projected_s": MSVD_CLIPS * seconds["pipeline"] / n_clips}
     row["ratio"] = row["pipeline_fps"] / row["backbone_fps"]
     other = "fp32" if default == "bf16" else "bf16"

@@ -74,9 +74,10 @@ class ExtractConfig(Checked):
     device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
     batch: int = opt(0, "frames per forward pass through the backbone; 0 = 16 on CPU (2x faster than 80 for "
                         "EfficientNet-Lite0 there), 80 on a GPU", at_least=0, make="BATCH")
-    decoder: str = opt("auto", "video decoder: 'auto' = nvdec (the GPU's, through PyAV) on a CUDA device that has "
-                               f"it, else {DEFAULT_CPU_DECODER}; every decoder gives the exact sampled frames",
-                       choices=DECODERS, make="DECODER")
+    decoder: str = opt("auto", f"video decoder: 'auto' (= {DEFAULT_CPU_DECODER}, the fastest measured), pyav, opencv, "
+                               "decord, or nvdec (the GPU's, with DEVICE=cuda: exact, but slower than 16 CPU cores "
+                               "in our measurement); each gives the exact sampled frames", choices=DECODERS,
+                       make="DECODER")
     dtype: str = opt("float32", "stored feature dtype", choices=("float32", "float16"))
     precision: str = opt("auto", "backbone arithmetic: fp32, bf16, fp16 (CUDA only), or auto = bf16 where the "
                                  "hardware computes it natively (recent CPUs and GPUs), else fp32; an existing "

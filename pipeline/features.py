@@ -349,7 +349,7 @@ def _extract(cfg: ExtractConfig, world: distributed.World) -> Summary:
         backbone = load_backbone(cfg.backbone, cfg.weights).place(device, precision)
         main_store, store = _open_stores(cfg, store_settings(backbone, cfg), world)
         known = main_store.sources()
-        summary = Summary(precision=precision, decoder=resolve_decoder(cfg.decoder, device),
+        summary = Summary(precision=precision, decoder=resolve_decoder(cfg.decoder),
                           failed=unusable if world.is_main else [])
         todo = [path for path in videos if not _is_current(path, known.get(path.name))]
         summary.skipped = [path.name for path in videos if path not in todo]

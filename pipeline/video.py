@@ -9,11 +9,12 @@ Correctness is defined against a full sequential decode: `frames[k]` is frame
 (`get_batch` on sparse indices, `vr[i]`, `skip_frames`) returns wrong frames on
 H.264 AVI clips, so every decoder here reads every frame in order and converts
 only the sampled ones to RGB; memory holds at most `n` frames whatever the clip's
-length. `nvdec` decodes on an NVIDIA GPU (FFmpeg's CUDA hwaccel through PyAV): the
-frames stay in GPU memory and only the sampled ones are copied out, as YUV planes
-that FFmpeg converts to RGB exactly as it converts a CPU-decoded frame. NVDEC takes
-the codecs whose decoding their standard makes exact (H.264, HEVC, VP8, VP9, AV1);
-a clip it fails on is decoded on the CPU instead, and the clip says why.
+length. `nvdec`, when asked for, decodes on an NVIDIA GPU (FFmpeg's CUDA hwaccel
+through PyAV): the frames stay in GPU memory and only the sampled ones are copied
+out, as YUV planes that FFmpeg converts to RGB exactly as it converts a CPU-decoded
+frame. NVDEC takes the codecs whose decoding their standard makes exact (H.264,
+HEVC, VP8, VP9, AV1); a clip it fails on is decoded on the CPU instead, and the
+clip says why.
 """
 
 from __future__ import annotations
@@ -128,12 +129,10 @@ class _NvdecReader:
 
     def __init__(self, path: Path, gpu: int):
         import av
-        from av.codec.hwaccel import HWAccel
 
         self._av = av
-        hwaccel = HWAccel("cuda", device=str(gpu), allow_software_fallback=False, is_hw_owned=True)
         try:
-            self._container = av.open(str(path), hwaccel=hwaccel)
+            self._container = av.open(str(path), hwaccel=nvdec_hwaccel(gpu))
         except Exception as exc:  # no GPU decoder for this codec, or no CUDA device for FFmpeg
             raise NvdecError(f"NVDEC cannot open it ({type(exc).__name__}: {exc})") from None
         streams = self._container.streams.video
@@ -163,6 +162,20 @@ class _NvdecReader:
 
     def close(self) -> None:
         self._container.close()
+
+
+def nvdec_hwaccel(gpu: int):
+    """PyAV's settings for decoding with NVDEC on device `gpu`, the frames kept in GPU memory, in PyTorch's
+    CUDA context, which this makes the calling thread's current one (a new thread has none until it calls
+    CUDA). FFmpeg's own `primary_ctx` would refuse the device's primary context once PyTorch holds it with
+    other flags ("Operation not supported"); `current_ctx` decodes in it, so PyTorch can read the frames."""
+    import torch
+    from av.codec.hwaccel import HWAccel
+
+    torch.cuda.set_device(gpu)
+    torch.cuda.mem_get_info(gpu)  # a runtime call that needs the context: it is made current here
+    return HWAccel("cuda", device=str(gpu), allow_software_fallback=False, is_hw_owned=True,
+                   options={"primary_ctx": "0", "current_ctx": "1"})
 
 
 def gpu_planes(frame) -> tuple[np.ndarray, np.ndarray]:
@@ -259,16 +272,12 @@ def nvdec_available() -> bool:
     return torch.cuda.is_available() and "cuda" in hwdevices_available() and hasattr(HWAccel, "is_hw_owned")
 
 
-def resolve_decoder(decoder: str, device="cpu") -> str:
-    """The decoder `decoder` means on `device`: `auto` is NVDEC on a CUDA device that has it, else the
-    default CPU decoder."""
-    import torch
-
+def resolve_decoder(decoder: str) -> str:
+    """The decoder `decoder` means: `auto` is the default CPU decoder, on any device. NVDEC is used only when
+    asked for: exact, but slower here than the CPU cores of a GPU machine (README, "Decoders")."""
     if decoder not in DECODERS:
         raise ValueError(f"unknown video decoder {decoder!r}; known: {', '.join(DECODERS)}")
-    if decoder != "auto":
-        return decoder
-    return GPU_DECODER if torch.device(device).type == "cuda" and nvdec_available() else DEFAULT_CPU_DECODER
+    return DEFAULT_CPU_DECODER if decoder == "auto" else decoder
 
 
 def _open(path: Path, backend: str, gpu: int):
@@ -304,10 +313,9 @@ def _decode_pass(path: Path, reader, indices: np.ndarray | None):
 def read_clip(path: str | Path, n: int = 80, backend: str = "auto", device="cpu") -> Clip:
     """Decode `n` uniformly sampled frames of `path`, exact by construction.
 
-    `backend` is a name of `DECODERS`; `auto` decodes with NVDEC when `device` is a CUDA
-    device and NVDEC is available, else with the default CPU decoder. NVDEC takes the
-    clips in `NVDEC_CODECS`; the CPU decoder the others, and any clip NVDEC fails on,
-    with the reason in `Clip.note`.
+    `backend` is a name of `DECODERS` (`auto`: the default CPU decoder). `nvdec` decodes
+    on the CUDA device `device`, the clips in `NVDEC_CODECS`; the CPU decoder takes the
+    others, and any clip NVDEC fails on, with the reason in `Clip.note`.
 
     The container's frame count picks the indices; when the real count differs
     (a lying header, unreadable last frames), another pass samples the frames
@@ -318,7 +326,7 @@ def read_clip(path: str | Path, n: int = 80, backend: str = "auto", device="cpu"
     import torch
 
     path = Path(path)
-    backend = resolve_decoder(backend, device)
+    backend = resolve_decoder(backend)
     gpu = torch.device(device).index or 0
     if backend == GPU_DECODER and _codec(path) not in NVDEC_CODECS:
         backend = DEFAULT_CPU_DECODER

@@ -261,13 +261,11 @@ def test_a_file_that_is_no_video_is_the_cpu_decoders_verdict_under_nvdec_too(tmp
         read_clip(path, 8, "nvdec", "cuda")
 
 
-def test_auto_is_nvdec_only_on_a_cuda_device_that_has_it(monkeypatch):
-    assert video.resolve_decoder("auto", "cpu") == DEFAULT_CPU_DECODER
-    monkeypatch.setattr(video, "nvdec_available", lambda: True)
-    assert video.resolve_decoder("auto", "cuda:0") == "nvdec" and video.resolve_decoder("auto", "cpu") != "nvdec"
-    assert video.resolve_decoder("pyav", "cuda") == "pyav"
-    monkeypatch.setattr(video, "nvdec_available", lambda: False)
-    assert video.resolve_decoder("auto", "cuda") == DEFAULT_CPU_DECODER
+def test_auto_is_the_default_cpu_decoder_on_every_device_and_nvdec_is_used_only_when_asked_for():
+    assert video.resolve_decoder("auto") == DEFAULT_CPU_DECODER
+    assert video.resolve_decoder("nvdec") == "nvdec" and video.resolve_decoder("pyav") == "pyav"
+    with pytest.raises(ValueError, match="nvdec"):
+        video.resolve_decoder("cuvid")
 
 
 def test_codecs_whose_decoding_is_not_exact_by_their_standard_never_go_to_nvdec(tmp_path, monkeypatch):
