@@ -7,7 +7,9 @@ each clip extracted with a warning). Incremental: a clip already in the store wi
 the same size and mtime (and every source attribute) is skipped, so a second run
 does only new or changed clips and retries the ones that failed. Clips are
 decoded, resized and cropped in threads while the backbone encodes the previous
-one, so on a CPU the run goes at about the backbone's own rate (`make bench`).
+one, so on a CPU the run goes at about the backbone's own rate (`make bench`). On a
+GPU a forward pass takes several clips' frames, and the previous pass is written
+while it runs.
 
 A clip's own problems (unreadable, not a video, truncated) make it a failure and
 the run goes on; anything wrong with the store or the GPU (a write that fails,

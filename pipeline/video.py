@@ -32,7 +32,7 @@ CPU_DECODERS = ("pyav", "opencv", "decord")
 GPU_DECODER = "nvdec"
 DECODERS = ("auto", *CPU_DECODERS, GPU_DECODER)  # what DECODER may be
 # PyAV and OpenCV decode the MSVD clips to the same frames, byte for byte; OpenCV was the faster of the exact
-# ways on the CPU in `make bench` (README, "Why OpenCV decodes by default").
+# ways on the CPU in `make bench` (README, "Decoders, and why OpenCV decodes by default").
 DEFAULT_CPU_DECODER = "opencv"
 MAX_PASSES = 3  # decoding passes before a clip whose frame count keeps changing is refused
 # The codecs NVDEC decodes here: those whose standards define the decoded picture exactly (integer transforms),
