@@ -37,7 +37,7 @@ STAMP := $(VENV)/.installed
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test features train eval captions caption sample demo bench clean-venv
+.PHONY: help setup test test-fast features train eval captions caption sample demo bench clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,8 +55,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-test: setup ## run the test suite
+test: setup ## run the whole test suite (about 12 minutes on 2 cores)
 	$(PY) -m pytest -q
+
+test-fast: setup ## run every module's unit tests, leaving out the slow ones (make targets, torchrun, kills, demo)
+	$(PY) -m pytest -q -m "not slow"
 
 features: setup ## extract CNN features of every new or changed clip in RAW into FEATURES
 	$(LAUNCH) extract_features.py --raw $(RAW) --features $(FEATURES) --backbone $(BACKBONE) \

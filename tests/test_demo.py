@@ -6,23 +6,17 @@ import json
 import shutil
 import subprocess
 
-from conftest import CLIPS_DIR, ROOT, SMALL_CLIPS, copy_clips, run_script, write_index_video
+from conftest import CLIPS_DIR, ROOT, SMALL_CLIPS, copy_clips, run_make, run_script, write_index_video
 from pipeline.config import TrainConfig
 from pipeline.labels import load_captions
 from pipeline.training import train
-
-
-def _make(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def test_make_demo_smoke(tmp_path):
     sample, run = tmp_path / "sample", tmp_path / "demo"
     demo = ["demo", f"SAMPLE={sample}", f"DEMO_RUN={run}", "DEMO_CLIPS=1", "DEMO_FRAMES=4", "DEMO_EPOCHS=2",
             "DEMO_TRAIN_ARGS=--hidden 32 --embed 32 --captions-per-epoch all --val-fraction 0 --motion 4"]
-    first = _make(*demo).stdout
+    first = run_make(*demo).stdout
     assert "no validation split (--val-fraction 0): best.pt is the epoch with the lowest training loss" in first
     assert "train loss" in first and ", no validation," in first and "val loss nan" not in first
     test_ids = [entry["id"] for entry in json.loads((sample / "testing_label.json").read_text())]
@@ -37,7 +31,7 @@ def test_make_demo_smoke(tmp_path):
     assert (run / "report.html").read_text().count("data:image/gif;base64,") == 8
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].split(",")[2:4] == ["", ""], "no validation split: empty cells, not nan"
-    again = _make(*demo)
+    again = run_make(*demo)
     assert "already holds this sample set" in again.stdout and "skipped" in again.stdout
     extraction = json.loads((sample / "features" / "efficientnet_lite0_4.config.json").read_text())
     assert extraction["summary"]["done"] == [], "the second run extracts nothing"
@@ -47,13 +41,13 @@ def test_new_clips_dropped_in_are_extracted_and_captioned(tmp_path):
     raw, store, run = tmp_path / "raw", tmp_path / "f.h5", tmp_path / "run"
     copy_clips(SMALL_CLIPS[:2], raw)
     common = [f"RAW={raw}", f"FEATURES={store}", "BACKBONE=efficientnet_lite0", "WEIGHTS=random", "FRAMES=8"]
-    _make("features", *common)
+    run_make("features", *common)
     train(TrainConfig(features=str(store), labels=str(CLIPS_DIR / "labels.json"), run_dir=str(run), epochs=1,
                       hidden=16, embed=16, val_fraction=0))
     shutil.copy2(SMALL_CLIPS[2], raw / SMALL_CLIPS[2].name)
     write_index_video(raw / "synthetic, clip.mkv", 20)  # another container, a comma: its id is its file name
-    assert "done 2, skipped 2" in _make("features", *common).stdout
-    _make("captions", f"RUN={run}", f"FEATURES={store}", "BEAM=1")
+    assert "done 2, skipped 2" in run_make("features", *common).stdout
+    run_make("captions", f"RUN={run}", f"FEATURES={store}", "BEAM=1")
     captioned = load_captions(run / "captions_all.txt")  # the id with a comma is quoted, and reads back
     assert sorted(captioned) == sorted([p.name for p in SMALL_CLIPS[:3]] + ["synthetic, clip.mkv"])
 
@@ -61,14 +55,14 @@ def test_new_clips_dropped_in_are_extracted_and_captioned(tmp_path):
 def test_caption_py_on_files_with_a_bad_one(tiny_run, clip_features, tmp_path):
     bad = tmp_path / "broken.avi"
     bad.write_bytes(b"not a video")
-    good = [CLIPS_DIR / "TZ860P4iTaM_15_28.avi", CLIPS_DIR / "qvg9eM4Hmzk_4_10.avi"]
+    good = [SMALL_CLIPS[3], SMALL_CLIPS[0]]
     proc = run_script("caption.py", str(good[0]), str(bad), str(good[1]), "--run-dir", str(tiny_run), "--beam", "1")
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
     assert [line.split(",")[0] for line in lines] == [p.name for p in good]
     assert "broken.avi" in proc.stderr and "cannot be opened" in proc.stderr
     # the same sampler, backbone and weights as the stored features: the same captions as make captions
-    _make("captions", f"RUN={tiny_run}", f"FEATURES={clip_features}", "BEAM=1")
+    run_make("captions", f"RUN={tiny_run}", f"FEATURES={clip_features}", "BEAM=1")
     stored = dict(line.split(",", 1) for line in (tiny_run / "captions_all.txt").read_text().splitlines())
     assert all(stored[vid] == caption for vid, caption in (line.split(",", 1) for line in lines))
 
@@ -82,8 +76,8 @@ def test_caption_py_refuses_two_files_giving_one_video_id(tiny_run, tmp_path):
 
 
 def test_make_caption_target(tiny_run):
-    proc = _make("caption", f"VIDEO={CLIPS_DIR / 'ufFT2BWh3BQ_0_8.avi'}", f"RUN={tiny_run}", "BEAM=1")
-    assert proc.stdout.strip().splitlines()[-1].startswith("ufFT2BWh3BQ_0_8.avi,")
+    proc = run_make("caption", f"VIDEO={SMALL_CLIPS[1]}", f"RUN={tiny_run}", "BEAM=1")
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"{SMALL_CLIPS[1].name},")
 
 
 def test_demo_seed_makes_its_own_sample_set_and_run_with_that_seed():

@@ -18,21 +18,21 @@ import h5py
 import numpy as np
 import torch
 
-from conftest import ROOT, SHARED, SMALL_CLIPS, copy_clips
+from conftest import CLIPS_DIR, LITE, ROOT, SMALL_CLIPS, copy_clips, run_make
 from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.features import extract
 from pipeline.shards import shard_path
 from pipeline.store import FeatureStore
 from pipeline.training import train
 
-LABELS = SHARED / "msvd-clips" / "labels.json"
-LITE = {"backbone": "efficientnet_lite0", "weights": "random", "frames": 4, "precision": "fp32"}
+LABELS = CLIPS_DIR / "labels.json"
+FP32_LITE = {**LITE, "precision": "fp32"}
 
 
 def _make(*args: str) -> subprocess.CompletedProcess:
+    """`make` with two processes (torchrun) on the CPU."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes share the two cores
-    return subprocess.run(["make", "--no-print-directory", *args, "NPROC=2", "DEVICE=cpu"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_make(*args, "NPROC=2", "DEVICE=cpu", check=False, env=env, timeout=600)
 
 
 def _make_features(raw: Path, store: Path, frames: int = 4) -> subprocess.CompletedProcess:
@@ -48,7 +48,7 @@ def _videos(path: Path) -> dict:
 def test_two_processes_extract_the_same_store_as_one(tmp_path):
     raw = copy_clips(SMALL_CLIPS, tmp_path / "raw")
     single, merged = tmp_path / "single.h5", tmp_path / "merged.h5"
-    extract(ExtractConfig(raw=str(raw), features=str(single), **LITE))
+    extract(ExtractConfig(raw=str(raw), features=str(single), **FP32_LITE))
     proc = _make_features(raw, merged)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert FeatureStore(merged).settings == FeatureStore(single).settings
@@ -71,7 +71,7 @@ def test_a_dead_rank_leaves_its_shard_and_the_next_run_redoes_only_the_rest(tmp_
     raw = copy_clips(SMALL_CLIPS, tmp_path / "raw")
     store = tmp_path / "f.h5"
     finished = copy_clips(SMALL_CLIPS[:1], tmp_path / "finished-before-the-crash")
-    extract(ExtractConfig(raw=str(finished), features=str(shard_path(store, 1)), **LITE))
+    extract(ExtractConfig(raw=str(finished), features=str(shard_path(store, 1)), **FP32_LITE))
     (raw / "broken.avi").write_bytes(b"\x00" * 500)
     proc = _make_features(raw, store)
     assert proc.returncode != 0 and "exitcode  : 1" in proc.stderr  # each rank exits 1 for the broken clip

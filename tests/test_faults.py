@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CLIPS_DIR, ROOT, SMALL_CLIPS, copy_clips, run_script, write_index_video
+from conftest import (CLIPS_DIR, ROOT, SMALL_CLIPS, STORE_SETTINGS, copy_clips, lite_config, run_script,
+                      source_attrs, write_index_video)
 from pipeline import store as store_module
 from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.checkpoint import load_checkpoint
@@ -25,16 +26,6 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.features import extract
 from pipeline.store import FeatureStore, StoreError, StoreSettings
 from pipeline.training import train
-
-LITE = {"backbone": "efficientnet_lite0", "weights": "random", "frames": 4}
-SETTINGS = StoreSettings(backbone="vgg16", layer="fc7", feature_dim=6, weights="random(seed=0)",
-                         preprocessing="{}", frames=4, dtype="float32")
-
-
-def _source(i: int = 0) -> dict:
-    return {"source_size": i, "source_mtime_ns": i, "n_frames": 4, "fps": 25.0, "indices": np.arange(4),
-            "decoder": "opencv"}
-
 
 def _many_clips(folder: Path, n: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,8 +73,8 @@ def test_a_second_writer_is_refused_whole_and_readers_during_a_run_neither_fail_
 
 
 def _create_and_write(path: str, name: str) -> None:
-    store = FeatureStore.open_or_create(path, SETTINGS, {})
-    store.write(name, np.ones((4, 6), np.float32), _source())
+    store = FeatureStore.open_or_create(path, STORE_SETTINGS, {})
+    store.write(name, np.ones((4, 6), np.float32), source_attrs())
 
 
 def test_two_processes_creating_the_same_new_store_both_succeed(tmp_path):
@@ -101,13 +92,13 @@ def test_two_processes_creating_the_same_new_store_both_succeed(tmp_path):
 
 
 def test_a_store_open_in_another_process_is_waited_for_not_failed(tmp_path, monkeypatch):
-    store = FeatureStore.open_or_create(tmp_path / "f.h5", SETTINGS, {})
+    store = FeatureStore.open_or_create(tmp_path / "f.h5", STORE_SETTINGS, {})
     holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time\n"
                                f"f = h5py.File({str(store.path)!r}, 'a'); print('open', flush=True); time.sleep(1.5)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "open"
     began = time.time()
-    store.write("a.avi", np.zeros((4, 6), np.float32), _source())  # waits for the other writer's close
+    store.write("a.avi", np.zeros((4, 6), np.float32), source_attrs())  # waits for the other writer's close
     assert time.time() - began > 0.5 and store.ids() == ["a.avi"]
     holder.wait()
     monkeypatch.setattr(store_module, "LOCK_WAIT", 0.3)
@@ -136,35 +127,35 @@ def test_a_write_failing_between_its_steps_leaves_no_entry_and_stops_the_run_wit
 
     monkeypatch.setattr(h5py.AttributeManager, "update", failing_update)
     with pytest.raises(StoreError, match="could not be written .* the store holds everything written before it"):
-        extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+        extract(lite_config(raw, path))
     store = FeatureStore(path)
     assert store.ids() == sorted(p.name for p in SMALL_CLIPS)[:2], "the two finished clips stay, whole"
     assert store.validate() == []
     monkeypatch.setattr(h5py.AttributeManager, "update", real_update)
-    summary = extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+    summary = extract(lite_config(raw, path))
     assert len(summary.skipped) == 2 and len(summary.done) == 2 and not summary.failed
 
 
 def test_an_entry_without_its_source_attributes_is_not_current(tmp_path):
     raw, path = copy_clips(SMALL_CLIPS[:2], tmp_path / "raw"), tmp_path / "f.h5"
-    extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+    extract(lite_config(raw, path))
     with h5py.File(path, "a") as f:
         for key in ("indices", "decoder"):
             del f["features"][SMALL_CLIPS[0].name].attrs[key]
-    summary = extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+    summary = extract(lite_config(raw, path))
     assert summary.done == [SMALL_CLIPS[0].name] and summary.skipped == [SMALL_CLIPS[1].name]
     assert FeatureStore(path).validate() == []
 
 
 def test_a_write_killed_halfway_leaves_only_an_incomplete_entry_that_the_next_run_redoes(tmp_path):
     raw, path = copy_clips(SMALL_CLIPS[:2], tmp_path / "raw"), tmp_path / "f.h5"
-    extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+    extract(lite_config(raw, path))
     with h5py.File(path, "a") as f:  # what a kill between the array and the move leaves
         f.move(f"features/{SMALL_CLIPS[1].name}", f"incomplete/{SMALL_CLIPS[1].name}")
     store = FeatureStore(path)
     assert store.ids() == [SMALL_CLIPS[0].name]
     assert any("interrupted write" in p for p in store.validate())
-    summary = extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+    summary = extract(lite_config(raw, path))
     assert summary.done == [SMALL_CLIPS[1].name] and FeatureStore(path).validate() == []
 
 
@@ -174,8 +165,9 @@ def test_frame_counts_whose_indices_cannot_be_stored_are_refused_up_front(tmp_pa
     proc = subprocess.run(["make", "-s", "features", f"RAW={tmp_path}", f"FEATURES={tmp_path / 'f.h5'}",
                            "FRAMES=10000", "BACKBONE=efficientnet_lite0"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 and "must be below 4097" in proc.stderr and not (tmp_path / "f.h5").exists()
-    big = FeatureStore.open_or_create(tmp_path / "big.h5", StoreSettings(**{**SETTINGS.__dict__, "frames": 4096}), {})
-    big.write("long.avi", np.zeros((4096, 6), np.float32), {**_source(), "indices": np.arange(4096)})
+    settings = StoreSettings(**{**STORE_SETTINGS.__dict__, "frames": 4096})
+    big = FeatureStore.open_or_create(tmp_path / "big.h5", settings, {})
+    big.write("long.avi", np.zeros((4096, 6), np.float32), {**source_attrs(), "indices": np.arange(4096)})
     assert big.validate() == []
 
 
@@ -185,10 +177,10 @@ def test_frame_counts_whose_indices_cannot_be_stored_are_refused_up_front(tmp_pa
 @pytest.fixture(scope="module")
 def pristine_store(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pristine") / "f.h5"
-    store = FeatureStore.open_or_create(path, SETTINGS, {"torch": "x"})
+    store = FeatureStore.open_or_create(path, STORE_SETTINGS, {"torch": "x"})
     rng = np.random.default_rng(0)
     for i in range(40):
-        store.write(f"clip_{i:02d}.avi", rng.standard_normal((4, 6)).astype(np.float32), _source(i))
+        store.write(f"clip_{i:02d}.avi", rng.standard_normal((4, 6)).astype(np.float32), source_attrs(i))
     return path
 
 
@@ -266,7 +258,7 @@ def test_things_named_like_clips_that_are_not_files_are_listed(tmp_path):
     raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
     (raw / "folder.avi").mkdir()
     (raw / "gone.avi").symlink_to(tmp_path / "nowhere.avi")
-    summary = extract(ExtractConfig(raw=str(raw), features=str(tmp_path / "f.h5"), **LITE))
+    summary = extract(lite_config(raw, tmp_path / "f.h5"))
     reasons = {Path(f["file"]).name: f["reason"] for f in summary.failed}
     assert reasons == {"folder.avi": "a folder, named like a video",
                        "gone.avi": f"a broken symbolic link (to {tmp_path / 'nowhere.avi'})"}
@@ -302,7 +294,7 @@ def test_outputs_that_cannot_be_written_are_named(tmp_path, clip_features, tiny_
     locked = tmp_path / "locked"
     locked.mkdir()
     store = locked / "f.h5"
-    extract(ExtractConfig(raw=str(raw), features=str(store), **LITE))
+    extract(lite_config(raw, store))
     run = locked / "run"
     shutil.copytree(tiny_run, run)
     locked.chmod(0o555)
@@ -408,5 +400,5 @@ def test_out_of_memory_in_extraction_names_batch_and_keeps_finished_clips(tmp_pa
     monkeypatch.setattr(features, "encode_frames", fail)
     raw, path = copy_clips(SMALL_CLIPS, tmp_path / "raw"), tmp_path / "f.h5"
     with pytest.raises(PipelineError, match=r"out of memory encoding 16 frames at once: lower BATCH .*BATCH=8"):
-        extract(ExtractConfig(raw=str(raw), features=str(path), **LITE))
+        extract(lite_config(raw, path))
     assert FeatureStore(path).ids() == sorted(p.name for p in SMALL_CLIPS)[:2]

@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SMALL_CLIPS, copy_clips, run_script
+from conftest import ROOT, SMALL_CLIPS, copy_clips, lite_config, run_script
 from pipeline.config import ExtractConfig
 from pipeline.features import extract, main
 from pipeline.store import FeatureStore
 
 
 def _config(raw: Path, store: Path, **kw) -> ExtractConfig:
-    return ExtractConfig(**{"raw": str(raw), "features": str(store), "backbone": "efficientnet_lite0",
-                            "weights": "random", "frames": 8, **kw})
+    """`lite_config` at 8 frames a clip."""
+    return lite_config(raw, store, **{"frames": 8, **kw})
 
 
 def test_incremental_runs(tmp_path):

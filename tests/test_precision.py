@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_CLIPS, copy_clips
+from conftest import SMALL_CLIPS, copy_clips, lite_config
 from pipeline import precision as precision_module
 from pipeline.backbones import load_backbone
-from pipeline.config import ExtractConfig
 from pipeline.features import encode_clip, extract
 from pipeline.precision import resolve_precision, runnable
 from pipeline.store import FeatureStore, StoreError
@@ -63,48 +62,43 @@ def test_bf16_and_channels_last_features_stay_close_to_fp32():
     assert not torch.equal(features["fp32"], features["bf16"])  # bf16 really ran
 
 
-def _config(raw, store, **kw) -> ExtractConfig:
-    return ExtractConfig(raw=str(raw), features=str(store), backbone="efficientnet_lite0", weights="random",
-                         frames=4, **kw)
-
-
 def test_the_store_records_its_precision_and_auto_extends_it_at_that_precision(tmp_path, monkeypatch):
     raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
     store = tmp_path / "f.h5"
-    assert extract(_config(raw, store, precision="fp32")).precision == "fp32"
+    assert extract(lite_config(raw, store, precision="fp32")).precision == "fp32"
     assert FeatureStore(store).settings.precision == "fp32"
     monkeypatch.setattr(precision_module, "native_bf16", lambda device: True)  # auto alone would pick bf16
     copy_clips(SMALL_CLIPS[1:2], raw)
-    summary = extract(_config(raw, store))
+    summary = extract(lite_config(raw, store))
     assert summary.precision == "fp32" and summary.done == [SMALL_CLIPS[1].name]
     with pytest.raises(StoreError, match="precision: 'fp32' here, 'bf16' there"):
-        extract(_config(raw, store, precision="bf16"))
+        extract(lite_config(raw, store, precision="bf16"))
     assert len(FeatureStore(store).ids()) == 2  # the refused run cost nothing
 
 
 def test_fp16_on_a_cpu_is_refused_before_anything_is_written(tmp_path):
     raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
     with pytest.raises(ValueError, match="fp16 runs on CUDA only"):
-        extract(_config(raw, tmp_path / "f.h5", precision="fp16", device="cpu"))
+        extract(lite_config(raw, tmp_path / "f.h5", precision="fp16", device="cpu"))
     assert not (tmp_path / "f.h5").exists()
 
 
 def test_a_store_made_before_precision_was_recorded_reads_as_fp32(tmp_path):
     raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
     store = tmp_path / "f.h5"
-    extract(_config(raw, store, precision="fp32"))
+    extract(lite_config(raw, store, precision="fp32"))
     with h5py.File(store, "a") as f:
         del f.attrs["precision"]
     assert FeatureStore(store).settings.precision == "fp32"
     copy_clips(SMALL_CLIPS[1:2], raw)
-    assert extract(_config(raw, store, precision="fp32")).done == [SMALL_CLIPS[1].name]
+    assert extract(lite_config(raw, store, precision="fp32")).done == [SMALL_CLIPS[1].name]
 
 
 def test_several_decoding_threads_write_the_same_store(tmp_path):
     raw = copy_clips(SMALL_CLIPS, tmp_path / "raw")
     one, three = tmp_path / "one.h5", tmp_path / "three.h5"
-    extract(_config(raw, one, precision="fp32", workers=1))
-    extract(_config(raw, three, precision="fp32", workers=3))
+    extract(lite_config(raw, one, precision="fp32", workers=1))
+    extract(lite_config(raw, three, precision="fp32", workers=3))
     ids = FeatureStore(one).ids()
     assert ids == FeatureStore(three).ids() and len(ids) == 4
     np.testing.assert_array_equal(FeatureStore(one).read_many(ids), FeatureStore(three).read_many(ids))

@@ -1,8 +1,8 @@
 """The README is code: every Python block in it runs, and every module says in one sentence what it does.
 
 The blocks run as a user would paste them, one fresh interpreter each, in a folder
-laid out as the README's "Data layout" says: the eight shared MSVD clips in
-`data/raw`, their captions as `data/training_label.json` and
+laid out as the README's "Data layout" says: the four real MSVD clips of
+`tests/data/msvd-clips` in `data/raw`, their captions as `data/training_label.json` and
 `data/testing_label.json`, a small made-up VGG16 store at `data/features/vgg16_80.h5`
 and a tiny run trained on it in `runs/s2vt`.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ALL_CLIPS, CLIPS_DIR, ROOT, copy_clips
+from conftest import CLIPS_DIR, ROOT, SMALL_CLIPS, copy_clips
 from pipeline.config import TrainConfig
 from pipeline.features import package_versions
 from pipeline.store import FeatureStore, StoreSettings
@@ -34,14 +34,14 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 def user_folder(tmp_path_factory) -> Path:
     """A project folder as the README describes it after `make features` and `make train`."""
     folder = tmp_path_factory.mktemp("user")
-    copy_clips(ALL_CLIPS, folder / "data" / "raw")
+    copy_clips(SMALL_CLIPS, folder / "data" / "raw")
     for name in ("training_label.json", "testing_label.json"):
         shutil.copy2(CLIPS_DIR / "labels.json", folder / "data" / name)
     settings = StoreSettings(backbone="vgg16", layer="fc7 after ReLU", feature_dim=4096, weights="random(seed=0)",
                              preprocessing="{}", frames=80, dtype="float32")
     store = FeatureStore.open_or_create(folder / "data" / "features" / "vgg16_80.h5", settings, package_versions())
     rng = np.random.default_rng(0)
-    for i, clip in enumerate(ALL_CLIPS):
+    for i, clip in enumerate(SMALL_CLIPS):
         store.write(clip.name, rng.random((80, 4096), dtype=np.float32),
                     {"source_size": i, "source_mtime_ns": i, "n_frames": 80, "fps": 30.0,
                      "indices": np.arange(80), "decoder": "opencv"})

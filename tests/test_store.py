@@ -6,29 +6,22 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import STORE_SETTINGS, source_attrs
 from pipeline.store import FeatureStore, StoreError, StoreSettings, main
-
-SETTINGS = StoreSettings(backbone="vgg16", layer="fc7 after ReLU", feature_dim=6, weights="random(seed=0)",
-                         preprocessing="{}", frames=4, dtype="float32")
-
-
-def _source(i: int = 0) -> dict:
-    return {"source_size": 100 + i, "source_mtime_ns": 10**18 + i, "n_frames": 50, "fps": 29.97,
-            "indices": np.arange(4) * 12, "decoder": "opencv"}
 
 
 @pytest.fixture
 def store(tmp_path):
-    return FeatureStore.open_or_create(tmp_path / "f.h5", SETTINGS, {"torch": "x"})
+    return FeatureStore.open_or_create(tmp_path / "f.h5", STORE_SETTINGS, {"torch": "x"})
 
 
 def test_round_trip(store):
     rng = np.random.default_rng(0)
     arrays = {f"clip {i}.avi": rng.standard_normal((4, 6)).astype(np.float32) for i in range(3)}
     for i, (vid, x) in enumerate(arrays.items()):
-        store.write(vid, x, _source(i))
+        store.write(vid, x, source_attrs(i))
     reopened = FeatureStore(store.path)
-    assert reopened.settings == SETTINGS
+    assert reopened.settings == STORE_SETTINGS
     assert reopened.ids() == sorted(arrays)
     np.testing.assert_array_equal(reopened.read("clip 1.avi"), arrays["clip 1.avi"])
     many = reopened.read_many(["clip 2.avi", "clip 0.avi"])
@@ -42,7 +35,7 @@ def test_round_trip(store):
 
 def test_plain_h5py_reads_the_layout(store):
     x = np.ones((4, 6), np.float32)
-    store.write("a.avi", x, _source())
+    store.write("a.avi", x, source_attrs())
     with h5py.File(store.path, "r") as f:
         assert f["features/a.avi"].shape == (4, 6)
         assert f.attrs["backbone"] == "vgg16" and int(f.attrs["frames"]) == 4
@@ -51,22 +44,22 @@ def test_plain_h5py_reads_the_layout(store):
 
 
 def test_write_replaces_and_checks_shape(store):
-    store.write("a.avi", np.zeros((4, 6), np.float32), _source())
-    store.write("a.avi", np.ones((4, 6), np.float32), _source(1))
+    store.write("a.avi", np.zeros((4, 6), np.float32), source_attrs())
+    store.write("a.avi", np.ones((4, 6), np.float32), source_attrs(1))
     assert store.ids() == ["a.avi"] and store.read("a.avi").sum() == 24
     with pytest.raises(ValueError, match="shape"):
-        store.write("b.avi", np.zeros((5, 6), np.float32), _source())
+        store.write("b.avi", np.zeros((5, 6), np.float32), source_attrs())
 
 
 def test_float16_store(tmp_path):
-    settings = StoreSettings(**{**SETTINGS.__dict__, "dtype": "float16"})
+    settings = StoreSettings(**{**STORE_SETTINGS.__dict__, "dtype": "float16"})
     store = FeatureStore.open_or_create(tmp_path / "h.h5", settings, {})
-    store.write("a.avi", np.full((4, 6), 0.5, np.float32), _source())
+    store.write("a.avi", np.full((4, 6), 0.5, np.float32), source_attrs())
     assert store.read("a.avi").dtype == np.float16 and store.validate() == []
 
 
 def test_other_settings_are_refused_with_a_clear_message(store):
-    other = StoreSettings(**{**SETTINGS.__dict__, "backbone": "resnet50", "feature_dim": 2048})
+    other = StoreSettings(**{**STORE_SETTINGS.__dict__, "backbone": "resnet50", "feature_dim": 2048})
     with pytest.raises(StoreError) as info:
         FeatureStore.open_or_create(store.path, other, {})
     message = str(info.value)
@@ -74,7 +67,7 @@ def test_other_settings_are_refused_with_a_clear_message(store):
 
 
 def test_validate_reports_damaged_entries(store):
-    store.write("good.avi", np.zeros((4, 6), np.float32), _source())
+    store.write("good.avi", np.zeros((4, 6), np.float32), source_attrs())
     with h5py.File(store.path, "a") as f:
         f["features"].create_dataset("short.avi", data=np.zeros((3, 6), np.float32))
         f["features"].create_dataset("nan.avi", data=np.full((4, 6), np.nan, np.float32))
@@ -106,7 +99,7 @@ def test_not_a_store(tmp_path):
 
 
 def test_info_command(store, capsys):
-    store.write("a.avi", np.zeros((4, 6), np.float32), _source())
+    store.write("a.avi", np.zeros((4, 6), np.float32), source_attrs())
     assert main([str(store.path)]) == 0
     out = capsys.readouterr().out
     assert "vgg16" in out and "valid" in out
