@@ -223,8 +223,11 @@ def open_page(path: str | Path, executable: str, width: int = WIDTH, height: int
         session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             browser.send(f"{domain}.enable", session=session)
-        browser.send("Network.emulateNetworkConditions", {"offline": True, "latency": 0, "downloadThroughput": -1,
-                                                          "uploadThroughput": -1}, session)
+        try:  # deprecated in recent Chromium; without it, the check of every request's URL still holds
+            offline = {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+            browser.send("Network.emulateNetworkConditions", offline, session)
+        except BrowserError:
+            pass
         browser.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
                                                             "mobile": False}, session)
         browser.events.clear()
