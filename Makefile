@@ -84,7 +84,7 @@ sample: setup ## generate the embedded sample dataset (synthetic captioned clips
 	$(PY) sample.py --sample $(SAMPLE) --clips-per-combination $(DEMO_CLIPS) --seed $(DEMO_SEED)
 
 # fp32 features: the demo's motion stream amplifies feature differences, and bf16's rounding in them cost
-# BLEU-4 0.656 -> 0.544 and attribute accuracy 1.00 -> 0.79 (README, "Performance").
+# BLEU-4 0.656 -> 0.544 and attribute accuracy 1.00 -> 0.79 (docs/performance.md, "Why the demo extracts at fp32").
 DEMO_FEATURES = $(SAMPLE)/features/efficientnet_lite0_$(DEMO_FRAMES).h5
 demo: sample ## the whole chain on the sample set: features, train, eval -> DEMO_RUN/report.html
 	$(MAKE) --no-print-directory features RAW=$(SAMPLE)/raw FEATURES=$(DEMO_FEATURES) \

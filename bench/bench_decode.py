@@ -1,6 +1,6 @@
 """Exact decoding speed: every decoder reading the sampled frames of the same clips, side by side.
 
-Reads the clips in `--clips` (default: the shared MSVD clips); writes nothing. Each
+Reads the clips in `--clips` (default: as `bench_extract`'s); writes nothing. Each
 case is `read_clip` (every frame decoded in order, the 80 sampled ones converted to
 RGB) over all the clips, reported as sampled frames/s. On a CPU the CPU decoders run
 one clip at a time, as extraction's decoding thread does beside a CPU backbone; the
@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_extract import DEFAULT_CLIPS  # noqa: E402
 from timing import alternate, timed  # noqa: E402
 
 from pipeline.config import ExtractConfig, resolve_device  # noqa: E402
@@ -32,8 +33,6 @@ from pipeline.features import decode_workers, find_videos  # noqa: E402
 from pipeline.video import (CPU_DECODERS, DEFAULT_CPU_DECODER, GPU_DECODER, nvdec_available,  # noqa: E402
                             read_clip)
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_CLIPS = ROOT.parent / "shared" / "data" / "msvd-clips"
 FRAMES = 80
 GPU_CLIPS = 128
 
@@ -62,7 +61,7 @@ def _reading(paths: list[Path], decoder: str, device: torch.device, threads: int
     return case
 
 
-def run(clips_dir: Path = SHARED_CLIPS, repeats: int = 3, device: str = "auto", max_clips: int = 8) -> dict:
+def run(clips_dir: Path = DEFAULT_CLIPS, repeats: int = 3, device: str = "auto", max_clips: int = 8) -> dict:
     target = resolve_device(device)
     videos = find_videos(clips_dir)[0][:max_clips]
     if not videos:
@@ -92,7 +91,7 @@ def run(clips_dir: Path = SHARED_CLIPS, repeats: int = 3, device: str = "auto", 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=Path, default=SHARED_CLIPS)
+    parser.add_argument("--clips", type=Path, default=DEFAULT_CLIPS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()

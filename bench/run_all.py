@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run, printed as a table, written to `bench/results.json`.
 
-Reads the shared MSVD clips (or `--clips`); writes `bench/results.json` with one
+Reads the shared MSVD clips, or without them the four in tests/data (or `--clips`); writes `bench/results.json` with one
 object per benchmark: `extract`, `precision`, `decode`, `train`, `beam`, `memory`, and
 `machine` (the CPU model and whether it computes bfloat16 natively, the GPU, the
 torch version). Each pair inside a benchmark is measured side by side,
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clips", type=Path, default=bench_extract.SHARED_CLIPS)
+    parser.add_argument("--clips", type=Path, default=bench_extract.DEFAULT_CLIPS)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results.json")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and one repetition: checks that every benchmark runs (the tests use it)")

@@ -32,7 +32,7 @@ CPU_DECODERS = ("pyav", "opencv", "decord")
 GPU_DECODER = "nvdec"
 DECODERS = ("auto", *CPU_DECODERS, GPU_DECODER)  # what DECODER may be
 # PyAV and OpenCV decode the MSVD clips to the same frames, byte for byte; OpenCV was the faster of the exact
-# ways on the CPU in `make bench` (README, "Decoders, and why OpenCV decodes by default").
+# ways on the CPU in `make bench` (docs/features.md, "Decoders, and why OpenCV decodes by default").
 DEFAULT_CPU_DECODER = "opencv"
 MAX_PASSES = 3  # decoding passes before a clip whose frame count keeps changing is refused
 # The codecs NVDEC decodes here: those whose standards define the decoded picture exactly (integer transforms),
@@ -274,7 +274,7 @@ def nvdec_available() -> bool:
 
 def resolve_decoder(decoder: str) -> str:
     """The decoder `decoder` means: `auto` is the default CPU decoder, on any device. NVDEC is used only when
-    asked for: exact, but slower here than the CPU cores of a GPU machine (README, "Decoders")."""
+    asked for: exact, but slower here than the CPU cores of a GPU machine (docs/features.md, "Decoders")."""
     if decoder not in DECODERS:
         raise ValueError(f"unknown video decoder {decoder!r}; known: {', '.join(DECODERS)}")
     return DEFAULT_CPU_DECODER if decoder == "auto" else decoder

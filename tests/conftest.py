@@ -27,8 +27,8 @@ SMALL_CLIPS = [CLIPS_DIR / n for n in ("0lh_UWF9ZP4_62_69.avi", "PeUHy0A1GF0_114
 # annotations and eight real clips. CI has it beside the repository; a user's clone does not.
 SHARED = ROOT.parent / "shared" / "data"
 SHARED_CLIPS_DIR = SHARED / "msvd-clips"
-# CI sets S2VT_TEST_EVERYTHING=1: there nothing may skip for want of the shared data or Java, so a missing
-# piece fails the tests that need it instead of hiding them.
+# CI sets S2VT_TEST_EVERYTHING=1: there nothing may skip for want of the shared data, Java or Chromium, so a
+# missing piece fails the tests that need it instead of hiding them.
 EVERYTHING = os.environ.get("S2VT_TEST_EVERYTHING") == "1"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir() and not EVERYTHING,
                                   reason=f"needs the project's shared data in {SHARED} (CI has it beside the "

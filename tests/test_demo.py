@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import json
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pipeline.labels import load_captions
 from pipeline.training import train
 
 
+@pytest.mark.slow
 def test_make_demo_smoke(tmp_path):
     sample, run = tmp_path / "sample", tmp_path / "demo"
     demo = ["demo", f"SAMPLE={sample}", f"DEMO_RUN={run}", "DEMO_CLIPS=1", "DEMO_FRAMES=4", "DEMO_EPOCHS=2",
@@ -37,6 +39,7 @@ def test_make_demo_smoke(tmp_path):
     assert extraction["summary"]["done"] == [], "the second run extracts nothing"
 
 
+@pytest.mark.slow
 def test_new_clips_dropped_in_are_extracted_and_captioned(tmp_path):
     raw, store, run = tmp_path / "raw", tmp_path / "f.h5", tmp_path / "run"
     copy_clips(SMALL_CLIPS[:2], raw)
@@ -52,6 +55,7 @@ def test_new_clips_dropped_in_are_extracted_and_captioned(tmp_path):
     assert sorted(captioned) == sorted([p.name for p in SMALL_CLIPS[:3]] + ["synthetic, clip.mkv"])
 
 
+@pytest.mark.slow
 def test_caption_py_on_files_with_a_bad_one(tiny_run, clip_features, tmp_path):
     bad = tmp_path / "broken.avi"
     bad.write_bytes(b"not a video")
@@ -75,6 +79,7 @@ def test_caption_py_refuses_two_files_giving_one_video_id(tiny_run, tmp_path):
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_make_caption_target(tiny_run):
     proc = run_make("caption", f"VIDEO={SMALL_CLIPS[1]}", f"RUN={tiny_run}", "BEAM=1")
     assert proc.stdout.strip().splitlines()[-1].startswith(f"{SMALL_CLIPS[1].name},")

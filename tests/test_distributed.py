@@ -5,6 +5,7 @@ Both go through `make ... NPROC=2`, which launches `torchrun --standalone`.
 
 from __future__ import annotations
 
+import pytest
 import csv
 import json
 import os
@@ -27,6 +28,8 @@ from pipeline.training import train
 
 LABELS = CLIPS_DIR / "labels.json"
 FP32_LITE = {**LITE, "precision": "fp32"}
+
+pytestmark = pytest.mark.slow  # every test here launches processes through torchrun
 
 
 def _make(*args: str) -> subprocess.CompletedProcess:

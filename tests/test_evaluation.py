@@ -94,6 +94,7 @@ def test_empty_captions_score_zero(tmp_path, seed_lines):
     assert json.loads(out.read_text())["mlds_bleu1"] < float(_mlds_bleu1(whole))
 
 
+@pytest.mark.slow
 def test_make_eval_and_captions(tiny_run, clip_features):
     make = ["make", "-s", "eval", f"RUN={tiny_run}", f"FEATURES={clip_features}", f"TEST_LABELS={LABELS}", "BEAM=3",
             f"RAW={CLIPS_DIR}"]

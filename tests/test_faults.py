@@ -1,5 +1,5 @@
 """Fault injection: what the project guarantees when processes collide, writes fail, bytes rot and inputs are
-hostile (README, "What survives a fault"). Each test fails on the code before these guarantees."""
+hostile (docs/faults.md). Each test fails on the code before these guarantees."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def _count(store: Path) -> int:
 # -- concurrent writers and readers -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_whole_and_readers_during_a_run_neither_fail_nor_cost_a_clip(tmp_path):
     raw, store = _many_clips(tmp_path / "raw", 120), tmp_path / "f.h5"
     first = subprocess.Popen(_extract_cmd(raw, store), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -77,6 +78,7 @@ def _create_and_write(path: str, name: str) -> None:
     store.write(name, np.ones((4, 6), np.float32), source_attrs())
 
 
+@pytest.mark.slow
 def test_two_processes_creating_the_same_new_store_both_succeed(tmp_path):
     context = get_context("spawn")
     for attempt in range(6):

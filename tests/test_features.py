@@ -138,6 +138,7 @@ def _watch_progress(proc: subprocess.Popen, seen: list[int]) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+@pytest.mark.slow
 def test_killed_run_leaves_a_valid_store_and_resumes(tmp_path, sig):
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -180,19 +181,6 @@ def test_cli_help_lists_every_option():
     for option in ("--raw", "--features", "--backbone", "--frames", "--weights", "--device", "--batch",
                    "--decoder", "--dtype"):
         assert option in out
-
-
-def test_make_features_twice(tmp_path):
-    raw = copy_clips(SMALL_CLIPS[:2], tmp_path / "raw")
-    store_path = tmp_path / "out" / "lite.h5"
-    make = ["make", "-s", "features", f"RAW={raw}", f"FEATURES={store_path}", "BACKBONE=efficientnet_lite0",
-            "WEIGHTS=random", "FRAMES=8"]
-    first = subprocess.run(make, cwd=ROOT, capture_output=True, text=True)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "done 2, skipped 0" in first.stdout and "efficientnet_lite0" in first.stdout
-    second = subprocess.run(make, cwd=ROOT, capture_output=True, text=True)
-    assert "done 0, skipped 2" in second.stdout
-    assert FeatureStore(store_path).ids() == sorted(p.name for p in SMALL_CLIPS[:2])
 
 
 def _grouped_like_a_gpu(monkeypatch) -> list[int]:

@@ -1,7 +1,8 @@
-"""The README is code: every Python block in it runs, and every module says in one sentence what it does.
+"""The README and `docs/` are code: every Python block in them runs, every link in them leads somewhere, and every
+module says in one sentence what it does.
 
 The blocks run as a user would paste them, one fresh interpreter each, in a folder
-laid out as the README's "Data layout" says: the four real MSVD clips of
+laid out as `docs/features.md` ("Data layout") says: the four real MSVD clips of
 `tests/data/msvd-clips` in `data/raw`, their captions as `data/training_label.json` and
 `data/testing_label.json`, a small made-up VGG16 store at `data/features/vgg16_80.h5`
 and a tiny run trained on it in `runs/s2vt`.
@@ -26,8 +27,9 @@ from pipeline.features import package_versions
 from pipeline.store import FeatureStore, StoreSettings
 from pipeline.training import train
 
-README = ROOT / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [(page.relative_to(ROOT).as_posix(), block) for page in PAGES
+          for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)]
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +52,66 @@ def user_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def test_the_readme_has_python_blocks():
+def _block_ids() -> list[str]:
+    seen: dict[str, int] = {}
+    ids = []
+    for page, _ in BLOCKS:
+        ids.append(f"{page}-block{seen.get(page, 0)}")
+        seen[page] = seen.get(page, 0) + 1
+    return ids
+
+
+def test_the_docs_have_python_blocks():
+    assert len(PAGES) >= 10, "the README and the docs pages"
     assert len(BLOCKS) >= 3
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_every_python_block_of_the_readme_runs(block, user_folder):
+@pytest.mark.slow
+@pytest.mark.parametrize("page, block", BLOCKS, ids=_block_ids())
+def test_every_python_block_of_the_readme_and_docs_runs(page, block, user_folder):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", block], cwd=user_folder, capture_output=True, text=True, env=env,
                           timeout=600)
-    assert proc.returncode == 0, f"this README block fails:\n{block}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"this block of {page} fails:\n{block}\n{proc.stderr[-3000:]}"
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return {_anchor(h) for h in re.findall(r"^#+ (.*)$", text, flags=re.M)}
+
+
+def _links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r'(?:src|href)="([^"]+)"', text)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_link_of_the_readme_and_docs_leads_to_a_file_and_heading_that_exist(page):
+    broken = []
+    for link in _links(page):
+        if re.match(r"[a-z]+:", link):
+            continue  # no page links off the repository
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists() or (anchor and anchor not in _anchors(target)):
+            broken.append(link)
+    assert not broken, f"{page.name} links to what is not there: {broken}"
+
+
+def test_the_code_points_to_the_docs_not_to_sections_the_readme_no_longer_has():
+    headings = {h for page in PAGES for h in re.findall(r"^#+ (.*)$", page.read_text(), flags=re.M)}
+    sources = [*ROOT.glob("pipeline/*.py"), *ROOT.glob("bench/*.py"), *ROOT.glob("tools/*.py"), ROOT / "Makefile"]
+    stale = []
+    for source in sources:
+        for page, section in re.findall(r"\((README|docs/[\w.]+), \"([^\"]+)\"\)", source.read_text()):
+            if page == "README" or not any(section in h for h in headings):
+                stale.append(f"{source.name}: ({page}, {section!r})")
+    assert not stale, stale
 
 
 def _first_sentence(path: Path) -> str:
@@ -67,7 +119,8 @@ def _first_sentence(path: Path) -> str:
     return " ".join(doc.split("\n\n")[0].split()).split(". ")[0]
 
 
-MODULES = sorted(p for p in [*ROOT.glob("pipeline/*.py"), *ROOT.glob("bench/*.py")] if p.name != "__init__.py")
+MODULES = sorted(p for p in [*ROOT.glob("pipeline/*.py"), *ROOT.glob("bench/*.py"), *ROOT.glob("tools/*.py")]
+                 if p.name != "__init__.py")
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")

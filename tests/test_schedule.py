@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, needs_shared
 from pipeline.schedule import constant, inverse_sigmoid, linear, per_epoch
 
 
@@ -16,6 +16,7 @@ def seed_printed_schedule() -> np.ndarray:
     return np.array([float(x) for x in block.split()])
 
 
+@needs_shared
 def test_inverse_sigmoid_equals_the_seed_for_all_100_epochs():
     seed = seed_printed_schedule()
     assert seed.shape == (100,)

@@ -92,6 +92,7 @@ def _train_cmd(features: Path, run: Path, epochs: int) -> list[str]:
             "--val-fraction", "0.25", "--captions-per-epoch", "all"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(clip_features, tmp_path):
     epochs = 8
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -156,6 +157,7 @@ def test_labels_without_features_are_reported(clip_features, tmp_path):
         train(_cfg(clip_features, tmp_path / "run", epochs=1, labels=str(path)))
 
 
+@pytest.mark.slow
 def test_make_train_end_to_end(clip_features, tmp_path):
     run = tmp_path / "run"
     cmd = ["make", "-s", "train", f"FEATURES={clip_features}", f"LABELS={LABELS}", f"RUN={run}", "EPOCHS=2",
