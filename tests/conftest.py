@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.features import extract
+from pipeline.metrics import java_available
 from pipeline.store import StoreSettings
 from pipeline.training import train
 
@@ -33,7 +34,7 @@ EVERYTHING = os.environ.get("S2VT_TEST_EVERYTHING") == "1"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir() and not EVERYTHING,
                                   reason=f"needs the project's shared data in {SHARED} (CI has it beside the "
                                          f"repository)")
-needs_java = pytest.mark.skipif(shutil.which("java") is None and not EVERYTHING,
+needs_java = pytest.mark.skipif(not java_available() and not EVERYTHING,
                                 reason="needs Java: coco-caption's PTB tokenizer and METEOR run on it")
 # The shared clips beyond the four above: 640x480 and 1280x720, 15 to 60 fps.
 _SHARED_ONLY = ("778mkceE0UQ_40_46.avi", "TZ860P4iTaM_15_28.avi", "UXs3eq68ZjE_250_255.avi", "ufFT2BWh3BQ_0_8.avi")
