@@ -144,7 +144,7 @@ def clip_features(tmp_path_factory) -> Path:
 def tiny_run(clip_features, tmp_path_factory):
     """A small run trained on `clip_features` until it mostly reproduces their captions."""
     run = tmp_path_factory.mktemp("run")
-    train(TrainConfig(features=str(clip_features), labels=str(CLIPS_DIR / "labels.json"), run_dir=str(run), epochs=25,
-                      hidden=64, embed=64, batch_size=32, captions_per_epoch="all", schedule="constant", val_fraction=0,
-                      dropout=0.0, lr=3e-3))
+    train(TrainConfig(features=str(clip_features), labels=str(CLIPS_DIR / "labels.json"), run_dir=str(run), epochs=60,
+                      hidden=64, embed=64, batch_size=8, captions_per_epoch="all", schedule="constant", val_fraction=0,
+                      dropout=0.0, lr=3e-3, min_count=1))
     return run

@@ -45,8 +45,8 @@ def test_new_clips_dropped_in_are_extracted_and_captioned(tmp_path):
     copy_clips(SMALL_CLIPS[:2], raw)
     common = [f"RAW={raw}", f"FEATURES={store}", "BACKBONE=efficientnet_lite0", "WEIGHTS=random", "FRAMES=8"]
     run_make("features", *common)
-    train(TrainConfig(features=str(store), labels=str(CLIPS_DIR / "labels.json"), run_dir=str(run), epochs=1,
-                      hidden=16, embed=16, val_fraction=0))
+    train(TrainConfig(features=str(store), labels=str(CLIPS_DIR / "labels.json"), run_dir=str(run), epochs=10,
+                      hidden=16, embed=16, val_fraction=0, captions_per_epoch="all", min_count=1, lr=1e-2))
     shutil.copy2(SMALL_CLIPS[2], raw / SMALL_CLIPS[2].name)
     write_index_video(raw / "synthetic, clip.mkv", 20)  # another container, a comma: its id is its file name
     assert "done 2, skipped 2" in run_make("features", *common).stdout

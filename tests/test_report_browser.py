@@ -19,7 +19,7 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import CLIPS_DIR, EVERYTHING, ROOT
+from conftest import CLIPS_DIR, EVERYTHING, ROOT, SMALL_CLIPS
 from pipeline.config import EvalConfig
 from pipeline.evaluation import evaluate_run
 from pipeline.metrics import METRIC_KEYS
@@ -66,7 +66,7 @@ def test_the_report_loads_offline_with_no_console_error_and_no_failed_request(pa
 
 def test_every_gif_decodes_in_the_browser(page):
     gifs = [im for im in page.images if im["mime"] == "image/gif"]
-    assert len(gifs) == 8, "one GIF per shared clip"
+    assert len(gifs) == len(SMALL_CLIPS), "one GIF per clip"
     assert all(im["decoded"] and im["width"] == 160 and im["height"] > 0 for im in gifs), gifs
     plots = [im for im in page.images if im["mime"] == "image/png"]
     assert len(plots) == 2 and all(im["decoded"] and im["width"] > 0 for im in plots)
