@@ -85,93 +85,106 @@ def sample_indices(n_total: int, n: int = 80) -> np.ndarray:
     return (2 * k + 1) * n_total // (2 * n)
 
 
-class _PyAVReader:
+class _PyAVStream:
+    """The first video stream of an open PyAV container, read in order: what both PyAV readers share."""
+
+    def __init__(self, container):
+        self._container = container
+        self._stream = container.streams.video[0]
+        self.reported_frames = _claimed_frames(container, self._stream)
+        self.fps = float(self._stream.average_rate or 0.0)
+        self._frames = None  # started by the first grab, after a reader has set its decoding options
+        self._current = None
+
+    def _next(self):
+        if self._frames is None:
+            self._frames = self._container.decode(self._stream)
+        self._current = next(self._frames)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def _claimed_frames(container, stream) -> int:
+    """The frame count a container claims: its own, or for formats that keep none (Matroska, WebM) its
+    duration times its frame rate, as OpenCV estimates it (so a cut-off clip is seen missing frames)."""
+    if stream.frames > 0:
+        return stream.frames
+    seconds = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
+    return int(seconds * float(stream.average_rate or 0.0) + 0.5)
+
+
+class _PyAVReader(_PyAVStream):
     """Sequential access through PyAV (FFmpeg's libraries): `grab()` decodes, `retrieve()` converts to RGB."""
 
     def __init__(self, path: Path):
         import av
 
-        self._av = av
+        self._error = av.FFmpegError
         try:
-            self._container = av.open(str(path))
+            container = av.open(str(path))
         except av.FFmpegError as exc:
             raise VideoError(path, f"cannot be opened as a video ({exc.strerror or exc})") from None
-        if not self._container.streams.video:
-            self._container.close()
+        if not container.streams.video:
+            container.close()
             raise VideoError(path, "holds no video stream")
-        self._stream = self._container.streams.video[0]
+        super().__init__(container)
         self._stream.thread_type = "AUTO"  # frame and slice threads: 1.3x slice threads alone on MSVD
-        self.reported_frames = max(self._stream.frames, 0)
-        self.fps = float(self._stream.average_rate or 0.0)
-        self._frames = self._container.decode(self._stream)
-        self._current = None
 
     def grab(self) -> bool:
         try:
-            self._current = next(self._frames)
+            self._next()
         except StopIteration:
             return False
-        except self._av.FFmpegError:  # a frame that cannot be decoded ends the clip, on every pass alike
+        except self._error:  # a frame that cannot be decoded ends the clip, on every pass alike
             return False
         return True
 
     def retrieve(self) -> np.ndarray | None:
         return self._current.to_ndarray(format="rgb24")  # (H, W, 3)
 
-    def close(self) -> None:
-        self._container.close()
 
-
-class _NvdecReader:
+class _NvdecReader(_PyAVStream):
     """Sequential access through NVDEC: every frame is decoded into GPU memory and only a retrieved one
-    leaves it, as its NV12 planes, which FFmpeg's converter turns into the RGB a CPU decode gives.
-    Anything that goes wrong is an `NvdecError`: the CPU then decodes the clip and judges the file."""
+    leaves it, as its NV12 planes, which FFmpeg's converter turns into the RGB a CPU decode gives. What
+    NVDEC or FFmpeg refuse is an `NvdecError`: the CPU then decodes the clip and judges the file."""
 
-    def __init__(self, path: Path, gpu: int):
+    def __init__(self, path: Path, gpu: int | None):
         import av
 
-        self._av = av
+        self._error = av.FFmpegError
         try:
-            self._container = av.open(str(path), hwaccel=nvdec_hwaccel(gpu))
-        except Exception as exc:  # no GPU decoder for this codec, or no CUDA device for FFmpeg
+            container = av.open(str(path), hwaccel=nvdec_hwaccel(gpu))
+        except (av.FFmpegError, RuntimeError) as exc:  # PyAV: no stream NVDEC decodes; FFmpeg: no device
             raise NvdecError(f"NVDEC cannot open it ({type(exc).__name__}: {exc})") from None
-        streams = self._container.streams.video
-        if not streams or not streams[0].codec_context.is_hwaccel:
-            self._container.close()
+        if not container.streams.video or not container.streams.video[0].codec_context.is_hwaccel:
+            container.close()
             raise NvdecError("NVDEC has no decoder for its video stream")
-        self._stream = streams[0]
-        self.reported_frames = max(self._stream.frames, 0)
-        self.fps = float(self._stream.average_rate or 0.0)
-        self._frames = self._container.decode(self._stream)
-        self._current = None
+        super().__init__(container)
 
     def grab(self) -> bool:
         try:
-            self._current = next(self._frames)
+            self._next()
         except StopIteration:
             return False
-        except Exception as exc:
+        except self._error as exc:  # a profile NVDEC lacks (H.264 4:4:4) fails at the first frame
             raise NvdecError(f"NVDEC failed decoding it ({type(exc).__name__}: {exc})") from None
         return True
 
     def retrieve(self) -> np.ndarray | None:
-        try:
-            return rgb_of_nv12(*gpu_planes(self._current), self._current)
-        except Exception as exc:
-            raise NvdecError(f"a decoded frame could not be copied out ({type(exc).__name__}: {exc})") from None
-
-    def close(self) -> None:
-        self._container.close()
+        return rgb_of_nv12(*gpu_planes(self._current), self._current)
 
 
-def nvdec_hwaccel(gpu: int):
-    """PyAV's settings for decoding with NVDEC on device `gpu`, the frames kept in GPU memory, in PyTorch's
+def nvdec_hwaccel(gpu: int | None):
+    """PyAV's settings for decoding with NVDEC on device `gpu` (None: the current one), the frames kept in GPU
+    memory, in PyTorch's
     CUDA context, which this makes the calling thread's current one (a new thread has none until it calls
     CUDA). FFmpeg's own `primary_ctx` would refuse the device's primary context once PyTorch holds it with
     other flags ("Operation not supported"); `current_ctx` decodes in it, so PyTorch can read the frames."""
     import torch
     from av.codec.hwaccel import HWAccel
 
+    gpu = torch.cuda.current_device() if gpu is None else gpu
     torch.cuda.set_device(gpu)
     torch.cuda.mem_get_info(gpu)  # a runtime call that needs the context: it is made current here
     return HWAccel("cuda", device=str(gpu), allow_software_fallback=False, is_hw_owned=True,
@@ -280,7 +293,7 @@ def resolve_decoder(decoder: str) -> str:
     return DEFAULT_CPU_DECODER if decoder == "auto" else decoder
 
 
-def _open(path: Path, backend: str, gpu: int):
+def _open(path: Path, backend: str, gpu: int | None):
     if not path.is_file():
         raise VideoError(path, "no such file")
     if path.stat().st_size == 0:
@@ -325,9 +338,11 @@ def read_clip(path: str | Path, n: int = 80, backend: str = "auto", device="cpu"
     """
     import torch
 
+    if n < 1:
+        raise ValueError(f"need at least one frame to sample, got n={n}")
     path = Path(path)
     backend = resolve_decoder(backend)
-    gpu = torch.device(device).index or 0
+    gpu = torch.device(device).index  # None: the current CUDA device
     if backend == GPU_DECODER and _codec(path) not in NVDEC_CODECS:
         backend = DEFAULT_CPU_DECODER
     if backend != GPU_DECODER:
@@ -352,7 +367,7 @@ def _codec(path: Path) -> str | None:
         return None
 
 
-def _sampled(path: Path, n: int, backend: str, gpu: int) -> Clip:
+def _sampled(path: Path, n: int, backend: str, gpu: int | None) -> Clip:
     """`read_clip` with one decoder."""
     reader = _open(path, backend, gpu)  # its container's frame count picks the first pass's indices
     expected = claimed = reader.reported_frames

@@ -246,7 +246,7 @@ class _NvdecFailingAt:
                          ids=["at-open", "mid-clip"])
 def test_a_clip_nvdec_cannot_decode_is_decoded_on_the_cpu_saying_why(monkeypatch, fake):
     monkeypatch.setattr(video, "_NvdecReader", fake)
-    clip = read_clip(SMALL_CLIPS[0], 16, "nvdec", "cuda")
+    clip = read_clip(SMALL_CLIPS[0], 16, "nvdec", "cuda:0")
     reference = read_clip(SMALL_CLIPS[0], 16, DEFAULT_CPU_DECODER)
     assert clip.backend == DEFAULT_CPU_DECODER and clip.note == f"decoded on the CPU ({DEFAULT_CPU_DECODER}): " \
                                                                 f"{fake.reason}"
@@ -258,7 +258,7 @@ def test_a_file_that_is_no_video_is_the_cpu_decoders_verdict_under_nvdec_too(tmp
     path = tmp_path / "text.avi"
     _text(path)
     with pytest.raises(VideoError, match="cannot be opened as a video"):
-        read_clip(path, 8, "nvdec", "cuda")
+        read_clip(path, 8, "nvdec", "cuda:0")
 
 
 def test_auto_is_the_default_cpu_decoder_on_every_device_and_nvdec_is_used_only_when_asked_for():
@@ -272,5 +272,17 @@ def test_codecs_whose_decoding_is_not_exact_by_their_standard_never_go_to_nvdec(
     asked = []
     monkeypatch.setattr(video, "_NvdecReader", lambda path, gpu: asked.append(path))
     path = write_index_video(tmp_path / "ffv1.avi", 20)  # FFV1, like MJPEG, is not in NVDEC_CODECS
-    clip = read_clip(path, 4, "nvdec", "cuda")
+    clip = read_clip(path, 4, "nvdec", "cuda:0")
     assert not asked and clip.backend == DEFAULT_CPU_DECODER and clip.note is None
+
+
+@pytest.mark.parametrize("backend", ["pyav", "opencv"])  # decord claims the frames it indexed: the cut ones
+def test_a_cut_matroska_clip_is_seen_missing_frames(tmp_path, backend):
+    """Matroska keeps no frame count: the claim is its duration times its rate, so a clip cut in half is seen
+    to miss frames (and extraction fails it)."""
+    whole = write_index_video(tmp_path / "whole.mkv", 100)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    assert read_clip(whole, 8, backend).claimed_frames == 100
+    clip = read_clip(cut, 8, backend)
+    assert clip.claimed_frames == 100 and 0 < clip.n_frames < 100 and clip.missing_frames == 100 - clip.n_frames
