@@ -6,8 +6,8 @@ RGB) over all the clips, reported as sampled frames/s. On a CPU the CPU decoders
 one clip at a time, as extraction's decoding thread does beside a CPU backbone; the
 figure is PyAV's rate over OpenCV's, which decides `DEFAULT_CPU_DECODER`. On a GPU
 the clips are replicated to 128 and decoded in extraction's GPU decoding threads,
-NVDEC (when available) against the default CPU decoder, which is what `auto` changes
-there.
+NVDEC (when available) against the default CPU decoder: the figure that would make
+NVDEC `auto`'s choice there if it were above 1.
 
     python bench/bench_decode.py [--clips DIR] [--repeats 3] [--device auto]
 """

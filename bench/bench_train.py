@@ -89,12 +89,15 @@ def run(steps: int = 4, repeats: int = 3, device: str = "auto") -> dict:
 def profile_epoch(epoch) -> dict:
     """One more replayed epoch under `torch.profiler`: its wall seconds, the seconds the GPU ran kernels,
     and the host operations with the most time of their own (what a host-bound epoch spends its time on)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         wall = epoch()
     events = prof.key_averages()
-    gpu_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    # the kernels' own entries only: an operator's entry carries its kernels' time again
+    gpu_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA
+                 and not e.is_user_annotation)
     host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
     return {"wall_s": wall, "gpu_busy_s": gpu_us / 1e6,
             "top_host_ops_ms": {e.key: round(e.self_cpu_time_total / 1e3, 2) for e in host}}
