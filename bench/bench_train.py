@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_s2vt import StepwiseS2VT  # noqa: E402
 from timing import alternate, timed  # noqa: E402
 
-from pipeline.config import TrainConfig, resolve_device  # noqa: E402
+from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.dataset import CaptionSet  # noqa: E402
+from pipeline.devices import resolve_device  # noqa: E402
 from pipeline.model import S2VT, S2VTConfig  # noqa: E402
 from pipeline.precision import native_bf16, resolve_precision  # noqa: E402
 from pipeline.train_step import TrainStep  # noqa: E402

@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .config import write_json
 from .errors import PipelineError, run_command
+from .files import write_json
 from .labels import read_id_caption_lines
 from .sample import COLOURS, MOTION_PHRASES, SHAPE_WORDS
 from .vocab import tokenize

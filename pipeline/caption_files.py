@@ -18,8 +18,8 @@ import torch
 
 from .backbones import Backbone, WeightsError, load_backbone
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .config import resolve_device
 from .decoding import DecodeConfig, caption_features
+from .devices import resolve_device
 from .errors import ConfigError, run_command
 from .features import encode_clip
 from .labels import format_id_caption

@@ -1,8 +1,9 @@
 """One dataclass config per stage, checked where it is made, which also builds the stage's command line.
 
-Reads command-line arguments; writes `config.json` files. Each field's help text
-is its one-line description; the same dataclass builds the `--help` of the stage's
-script, is printed when the stage starts, and is saved beside its outputs. Every
+Reads command-line arguments; writes nothing (each stage saves its config beside
+its outputs). Each field's help text is its one-line description; the same
+dataclass builds the `--help` of the stage's script and is printed when the stage
+starts. Every
 field's allowed values (a range or a list of choices) are checked once, when the
 config is made, from the command line or from Python: a bad value is refused with
 a `ConfigError` naming the option, its `make` variable and what it may be.
@@ -12,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 from .video import DECODERS, DEFAULT_CPU_DECODER
@@ -122,56 +120,6 @@ def print_config(name: str, cfg: Any) -> None:
     print(f"{name} config:")
     for key, value in dataclasses.asdict(cfg).items():
         print(f"  {key:>16} = {value}")
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def ensure_writable_folder(folder: str | Path, option: str) -> Path:
-    """`folder`, created if missing, after checking a file can be written in it; `option` (the `make`
-    variable that names it) is named in the error otherwise."""
-    folder = Path(folder)
-    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"{option}: cannot write in {folder}: {existing} is a file, not a folder; pass a {option} "
-                          f"path in a folder you can write")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"{option}: cannot write in {folder} ({exc.strerror or exc}); pass a {option} path "
-                          f"in a folder you can write") from None
-    return folder
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"))
-
-
-def resolve_device(device: str):
-    """'auto' -> CUDA when available, else CPU; anything else must be usable here."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device (make: DEVICE) must be auto, cpu, cuda or cuda:N, not {device!r}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here; use DEVICE=cpu or auto")
-    return resolved
 
 
 @dataclass

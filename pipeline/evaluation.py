@@ -21,11 +21,12 @@ from tqdm import tqdm
 from .labels import format_id_caption, load_captions
 from .vocab import Vocab
 from .checkpoint import CheckpointError, feature_problems, load_checkpoint, model_from_checkpoint
-from .config import (EvalConfig, add_config_arguments, atomic_write, config_from_args, ensure_writable_folder,
-                     print_config, resolve_device, write_json)
+from .config import EvalConfig, add_config_arguments, config_from_args, print_config
 from .dataset import StoredFeatures, usable_ids
 from .decoding import DecodeConfig, caption_features
+from .devices import resolve_device
 from .errors import run_command
+from .files import atomic_write, ensure_writable_folder, write_json
 from .report import write_report
 from .scoring import baseline_scores, format_scores, score_captions, score_file
 from .store import FeatureStore

@@ -41,8 +41,10 @@ from tqdm import tqdm
 
 from . import distributed
 from .backbones import Backbone, load_backbone
-from .config import ExtractConfig, ensure_writable_folder, parse_config, resolve_device, write_json
+from .config import ExtractConfig, parse_config
+from .devices import resolve_device
 from .errors import ConfigError, PipelineError, run_command
+from .files import ensure_writable_folder, write_json
 from .precision import resolve_precision, runnable
 from .shards import merge_shards, shard_path
 from .store import SOURCE_KEYS, FeatureStore, StoreError, StoreSettings, writer_lock

@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .config import SampleConfig, parse_config, write_json
+from .config import SampleConfig, parse_config
+from .files import write_json
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40)}
 SHAPES = ("circle", "square", "triangle")

@@ -31,10 +31,12 @@ from .labels import load_captions
 from .vocab import Vocab
 from .checkpoint import (CheckpointError, Progress, build_checkpoint, check_resumable, load_checkpoint, restore,
                          save_checkpoint)
-from .config import TrainConfig, atomic_write, ensure_writable_folder, parse_config, resolve_device, write_json
+from .config import TrainConfig, parse_config
 from .dataset import CaptionSet, batches, build_set, epoch_captions, features_fit, split_ids, usable_ids
 from .decoding import caption_features
+from .devices import resolve_device
 from .errors import ConfigError, PipelineError, run_command
+from .files import atomic_write, ensure_writable_folder, write_json
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
 from .plots import plot_history
