@@ -21,7 +21,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .decoding import DecodeConfig, caption_features
 from .devices import resolve_device
 from .errors import ConfigError, run_command
-from .features import encode_clip
+from .encoding import encode_clip
 from .labels import format_id_caption
 from .precision import runnable
 from .store import StoreSettings

@@ -28,9 +28,11 @@ import contextlib
 import fcntl
 import json
 import os
+import platform
 import sys
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
+from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
@@ -71,6 +73,18 @@ class StoreSettings:
         names = only or tuple(f.name for f in fields(self))
         return [f"{name}: {getattr(self, name)!r} here, {getattr(other, name)!r} there"
                 for name in names if getattr(self, name) != getattr(other, name)]
+
+
+def package_versions() -> dict[str, str]:
+    """The versions of Python and of the packages that shape the features, recorded in a store made here."""
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "torchvision", "h5py", "numpy", "opencv-python-headless", "decord",
+                 "efficientnet-lite-pytorch"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 def _read_settings(f: h5py.File, path: Path) -> StoreSettings:
