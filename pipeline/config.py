@@ -16,7 +16,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .backbones import BACKBONES
 from .errors import ConfigError
+from .model import ATTENTIONS
+from .precision import PRECISIONS, TRAINING_PRECISIONS
+from .schedule import SCHEDULES
 from .video import DECODERS, DEFAULT_CPU_DECODER
 
 T = TypeVar("T")
@@ -56,15 +60,11 @@ class Checked:
                 raise ConfigError(f"--{f.name.replace('_', '-')}{make} {problem}, not {getattr(self, f.name)!r}")
 
 
-BACKBONE_NAMES = ("vgg16", "vgg19", "resnet50", "resnet101", "resnet152", "efficientnet_lite0")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
 @dataclass
 class ExtractConfig(Checked):
     raw: str = opt("data/raw", "folder of video clips (.avi, .mp4, .mkv, .webm, .mov)", make="RAW")
     features: str = opt("data/features/vgg16_80.h5", "HDF5 feature store to create or extend", make="FEATURES")
-    backbone: str = opt("vgg16", "the image network", choices=BACKBONE_NAMES, make="BACKBONE")
+    backbone: str = opt("vgg16", "the image network", choices=tuple(BACKBONES), make="BACKBONE")
     frames: int = opt(80, f"frames sampled uniformly from each clip (at most {MAX_FRAMES})", at_least=1,
                       below=MAX_FRAMES + 1, make="FRAMES")
     weights: str = opt("imagenet", "'imagenet', 'random' (tests only), or a path to a state-dict file",
@@ -138,12 +138,12 @@ class TrainConfig(Checked):
     hidden: int = opt(512, "LSTM hidden size", at_least=1)
     embed: int = opt(512, "word embedding size", at_least=1)
     dropout: float = opt(0.3, "dropout on frame projections, embeddings and the output layer", at_least=0, below=1)
-    attention: str = opt("none", "'none' (plain S2VT), 'luong' or 'bahdanau'", choices=("none", "luong", "bahdanau"))
+    attention: str = opt("none", "'none' (plain S2VT), 'luong' or 'bahdanau'", choices=ATTENTIONS)
     bidirectional: bool = opt(False, "bidirectional first LSTM")
     motion: float = opt(0.0, "weight of a motion stream (features minus the first frame's) beside the "
                              "features; 0 = off", at_least=0)
     schedule: str = opt("inverse_sigmoid", "teacher forcing per epoch: inverse_sigmoid (the seed's), constant, "
-                                           "linear", choices=("inverse_sigmoid", "constant", "linear"))
+                                           "linear", choices=tuple(SCHEDULES))
     captions_per_epoch: str = opt("one", "'one' random caption per video each epoch (the seed's way), or 'all'",
                                   choices=("one", "all"))
     max_len: int = opt(20, "words kept per caption (longer ones are cut)", at_least=1)
@@ -157,7 +157,7 @@ class TrainConfig(Checked):
     device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
     precision: str = opt("auto", "fp32, bf16 (autocast; weights stay float32), or auto = bf16 on a GPU that "
                                  "computes it natively, else fp32 (bf16 on a CPU is faster but learned less "
-                                 "well in our tests)", choices=("auto", "fp32", "bf16"))
+                                 "well in our tests)", choices=TRAINING_PRECISIONS)
     feature_memory: float = opt(0.0, "GB of RAM the features may take; a larger set is read from the store "
                                      "batch by batch (0 = half of the memory available at start)", at_least=0)
     cuda_graphs: bool = opt(True, "on one CUDA GPU, replay each training step from a captured CUDA graph (the "

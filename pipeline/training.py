@@ -40,7 +40,7 @@ from .files import atomic_write, ensure_writable_folder, write_json
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
 from .plots import plot_history
-from .precision import autocast, resolve_precision
+from .precision import TRAINING_PRECISIONS, autocast, resolve_precision
 from .store import FeatureStore
 from .train_step import TrainStep
 
@@ -181,7 +181,7 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
         raise ConfigError(f"the global batch size {cfg.batch_size} must divide by the number of processes "
                           f"{world.size}: pass a BATCH that does")
     run = ensure_writable_folder(cfg.run_dir, "RUN")
-    precision = resolve_precision(cfg.precision, device, allowed=("auto", "fp32", "bf16"), auto_bf16_on_cpu=False)
+    precision = resolve_precision(cfg.precision, device, TRAINING_PRECISIONS, auto_bf16_on_cpu=False)
     store, vocab, train_set, val_set = prepare(cfg, device, world.local_size)
     model, optimizer, scheduler = build(cfg, store, vocab, device)
     progress = resume(cfg, model, optimizer, scheduler, vocab, store, world)
