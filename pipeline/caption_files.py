@@ -18,7 +18,8 @@ import torch
 
 from .backbones import Backbone, WeightsError, load_backbone
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .decoding import DecodeConfig, caption_features
+from .config import DecodeConfig
+from .decoding import caption_features
 from .devices import resolve_device
 from .errors import ConfigError, run_command
 from .encoding import encode_clip

@@ -27,6 +27,10 @@ T = TypeVar("T")
 # The most frames a clip may be sampled at: each video's sampled indices are stored as an HDF5 attribute
 # (8 bytes a frame), and an attribute must fit HDF5's 64 KiB object header beside the video's other ones.
 MAX_FRAMES = 4096
+# The project's layout (the Makefile's defaults): the stages that read or write a path share its default.
+DEFAULT_RAW = "data/raw"
+DEFAULT_FEATURES = "data/features/vgg16_80.h5"
+DEFAULT_RUN = "runs/s2vt"
 
 
 def opt(default: Any, help: str, choices: tuple = (), at_least: float | None = None,
@@ -35,6 +39,13 @@ def opt(default: Any, help: str, choices: tuple = (), at_least: float | None = N
     `>= at_least`, `> above`, `< below`) and the `make` variable that sets it, if any."""
     return field(default=default, metadata={"help": help, "choices": choices, "at_least": at_least,
                                             "above": above, "below": below, "make": make})
+
+
+def option_of(cls: type, name: str) -> Any:
+    """The field `name` of config `cls`, for another config that takes the same option: it is defined once,
+    with one default, help line and range."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field(default=f.default, metadata=f.metadata)
 
 
 def _problem(f: dataclasses.Field, value: Any) -> str | None:
@@ -62,8 +73,8 @@ class Checked:
 
 @dataclass
 class ExtractConfig(Checked):
-    raw: str = opt("data/raw", "folder of video clips (.avi, .mp4, .mkv, .webm, .mov)", make="RAW")
-    features: str = opt("data/features/vgg16_80.h5", "HDF5 feature store to create or extend", make="FEATURES")
+    raw: str = opt(DEFAULT_RAW, "folder of video clips (.avi, .mp4, .mkv, .webm, .mov)", make="RAW")
+    features: str = opt(DEFAULT_FEATURES, "HDF5 feature store to create or extend", make="FEATURES")
     backbone: str = opt("vgg16", "the image network", choices=tuple(BACKBONES), make="BACKBONE")
     frames: int = opt(80, f"frames sampled uniformly from each clip (at most {MAX_FRAMES})", at_least=1,
                       below=MAX_FRAMES + 1, make="FRAMES")
@@ -124,10 +135,10 @@ def print_config(name: str, cfg: Any) -> None:
 
 @dataclass
 class TrainConfig(Checked):
-    features: str = opt("data/features/vgg16_80.h5", "feature store made by `make features`", make="FEATURES")
+    features: str = opt(DEFAULT_FEATURES, "feature store made by `make features`", make="FEATURES")
     labels: str = opt("data/training_label.json", "training captions (MLDS JSON, CSV, MSR-VDC CSV or MSVD split)",
                       make="LABELS")
-    run_dir: str = opt("runs/s2vt", "run folder: checkpoints, metrics.csv, plots, config.json", make="RUN")
+    run_dir: str = opt(DEFAULT_RUN, "run folder: checkpoints, metrics.csv, plots, config.json", make="RUN")
     epochs: int = opt(100, "total epochs; a finished run called with more continues to the new count", at_least=1,
                       make="EPOCHS")
     batch_size: int = opt(64, "captions per optimisation step (under torchrun, over all processes)", at_least=1,
@@ -154,7 +165,7 @@ class TrainConfig(Checked):
     label_smoothing: float = opt(0.0, "share of each target word's probability spread over the vocabulary in the "
                                       "training loss", at_least=0, below=1)
     seed: int = opt(0, "seed for initialisation, the split, caption sampling and dropout")
-    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
+    device: str = option_of(ExtractConfig, "device")
     precision: str = opt("auto", "fp32, bf16 (autocast; weights stay float32), or auto = bf16 on a GPU that "
                                  "computes it natively, else fp32 (bf16 on a CPU is faster but learned less "
                                  "well in our tests)", choices=TRAINING_PRECISIONS)
@@ -165,22 +176,35 @@ class TrainConfig(Checked):
 
 
 @dataclass
-class EvalConfig(Checked):
-    run_dir: str = opt("runs/s2vt", "run folder with the checkpoint; captions and scores are written there",
-                       make="RUN")
-    features: str = opt("data/features/vgg16_80.h5", "feature store holding the videos to caption",
-                        make="FEATURES")
-    references: str = opt("data/testing_label.json", "test captions to score against", make="TEST_LABELS")
-    checkpoint: str = opt("best.pt", "checkpoint file in the run folder")
-    train_labels: str = opt("", "training labels for the constant-caption baseline (default: the run's own)")
-    raw: str = opt("data/raw", "folder of the raw clips, for the report's GIFs (missing clips are noted)",
-                   make="RAW")
-    report_videos: int = opt(8, "test videos shown in the report", at_least=0)
+class DecodeConfig(Checked):
+    """How `decoding.py` turns features into captions: beam search, greedy at beam 1."""
+
     beam: int = opt(5, "beam size (1 = greedy)", at_least=1, make="BEAM")
     length_penalty: float = opt(0.0, "beam length penalty alpha: ((5 + length) / 6) ** alpha", at_least=0)
     block_ngram: int = opt(0, "forbid repeating any n-gram of this size (0 = off)", at_least=0)
     batch: int = opt(64, "videos decoded at once", at_least=1)
-    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
+
+
+@dataclass
+class EvalConfig(Checked):
+    run_dir: str = opt(DEFAULT_RUN, "run folder with the checkpoint; captions and scores are written there",
+                       make="RUN")
+    features: str = opt(DEFAULT_FEATURES, "feature store holding the videos to caption", make="FEATURES")
+    references: str = opt("data/testing_label.json", "test captions to score against", make="TEST_LABELS")
+    checkpoint: str = opt("best.pt", "checkpoint file in the run folder")
+    train_labels: str = opt("", "training labels for the constant-caption baseline (default: the run's own)")
+    raw: str = opt(DEFAULT_RAW, "folder of the raw clips, for the report's GIFs (missing clips are noted)",
+                   make="RAW")
+    report_videos: int = opt(8, "test videos shown in the report", at_least=0)
+    beam: int = option_of(DecodeConfig, "beam")
+    length_penalty: float = option_of(DecodeConfig, "length_penalty")
+    block_ngram: int = option_of(DecodeConfig, "block_ngram")
+    batch: int = option_of(DecodeConfig, "batch")
+    device: str = option_of(ExtractConfig, "device")
+
+    def decoding(self) -> DecodeConfig:
+        """The decoding options of this evaluation."""
+        return DecodeConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DecodeConfig)})
 
 
 @dataclass

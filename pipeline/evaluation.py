@@ -16,14 +16,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from .labels import format_id_caption, load_captions
 from .vocab import Vocab
 from .checkpoint import CheckpointError, feature_problems, load_checkpoint, model_from_checkpoint
 from .config import EvalConfig, add_config_arguments, config_from_args, print_config
 from .dataset import StoredFeatures, usable_ids
-from .decoding import DecodeConfig, caption_features
+from .decoding import caption_features
 from .devices import resolve_device
 from .errors import run_command
 from .files import atomic_write, ensure_writable_folder, write_json
@@ -35,18 +33,12 @@ if TYPE_CHECKING:
     from .model import S2VT
 
 
-def decode_config(cfg: EvalConfig) -> DecodeConfig:
-    return DecodeConfig(cfg.beam, cfg.length_penalty, cfg.block_ngram)
-
-
 def caption_videos(model: S2VT, vocab: Vocab, store: FeatureStore, ids: list[str], cfg: EvalConfig) -> dict[str, str]:
-    """`{video_id: caption}` for the stored videos `ids`, `cfg.batch` at a time, with a progress bar."""
+    """`{video_id: caption}` for the stored videos `ids`, read and decoded `cfg.batch` at a time, with a
+    progress bar."""
     device = resolve_device(cfg.device)
     model.to(device)
-    features = StoredFeatures(store, ids)
-    captions = []
-    for i in tqdm(range(0, len(ids), cfg.batch), desc="captions", unit="batch", disable=len(ids) <= cfg.batch):
-        captions += caption_features(model, vocab, features[i:i + cfg.batch], device, decode_config(cfg), cfg.batch)
+    captions = caption_features(model, vocab, StoredFeatures(store, ids), device, cfg.decoding(), progress=True)
     return dict(zip(ids, captions))
 
 
@@ -77,7 +69,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     references = {vid: references[vid] for vid in ids}
     scores = score_captions(captions, references)
     scores["baseline"] = baseline_scores(cfg.train_labels or checkpoint["train_config"]["labels"], references)
-    scores["decoding"] = asdict(decode_config(cfg))
+    scores["decoding"] = asdict(cfg.decoding())
     scores["checkpoint"] = {"file": str(run / cfg.checkpoint), "epoch": checkpoint["epoch"]}
     write_json(run / "scores.json", scores)
     write_json(run / "eval_config.json", asdict(cfg))

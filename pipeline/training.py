@@ -31,7 +31,7 @@ from .labels import load_captions
 from .vocab import Vocab
 from .checkpoint import (CheckpointError, Progress, build_checkpoint, check_resumable, load_checkpoint, restore,
                          save_checkpoint)
-from .config import TrainConfig, parse_config
+from .config import DecodeConfig, TrainConfig, parse_config
 from .dataset import CaptionSet, batches, build_set, epoch_captions, features_fit, split_ids, usable_ids
 from .decoding import caption_features
 from .devices import resolve_device
@@ -46,6 +46,7 @@ from .train_step import TrainStep
 
 METRICS = ("epoch", "train_loss", "val_loss", "val_bleu", "teacher_forcing", "lr", "seconds")
 VALIDATION_CHUNK = 256  # videos read (from memory or the store) and captioned at a time in validation
+GREEDY = DecodeConfig(beam=1)  # validation scores greedy captions
 
 
 def train_one_epoch(step: TrainStep, data: CaptionSet, epoch: int, cfg: TrainConfig, teacher_forcing: float,
@@ -94,7 +95,7 @@ def validate(model: S2VT, data: CaptionSet, vocab: Vocab, device: torch.device, 
     mine, captions = torch.arange(len(data))[world.rank::world.size], {}
     for chunk in mine.split(VALIDATION_CHUNK):
         ids = [data.ids[i] for i in chunk.tolist()]
-        captions.update(zip(ids, caption_features(model, vocab, data.features[chunk], device, precision=precision)))
+        captions.update(zip(ids, caption_features(model, vocab, data.features[chunk], device, GREEDY, precision)))
     captions = {vid: caption for part in distributed.gather(captions, world) for vid, caption in part.items()}
     return {"val_loss": loss_sum / n_tokens, "val_bleu": course_bleu1(captions, data.references)}
 
