@@ -1,12 +1,15 @@
-"""One dataclass config per stage, checked where it is made, which also builds the stage's command line.
+"""One dataclass config per command, checked where it is made, which also builds its command line.
 
 Reads command-line arguments; writes nothing (each stage saves its config beside
 its outputs). Each field's help text is its one-line description; the same
-dataclass builds the `--help` of the stage's script and is printed when the stage
-starts. Every
-field's allowed values (a range or a list of choices) are checked once, when the
-config is made, from the command line or from Python: a bad value is refused with
-a `ConfigError` naming the option, its `make` variable and what it may be.
+dataclass builds the command's `--help` (an option per field, or a positional
+argument for a `positional` field) and is printed when a stage starts. An option
+that several commands take is defined once, in one config, and the others take it
+with `option_of`; each list of choices comes from the module that gives its values
+their meaning (`BACKBONES`, `ATTENTIONS`, `SCHEDULES`, `PRECISIONS`, `DECODERS`).
+Every field's allowed values (a range or a list of choices) are checked once, when
+the config is made, from the command line or from Python: a bad value is refused
+with a `ConfigError` naming the option, its `make` variable and what it may be.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from .errors import ConfigError
 from .model import ATTENTIONS
 from .precision import PRECISIONS, TRAINING_PRECISIONS
 from .schedule import SCHEDULES
-from .video import DECODERS, DEFAULT_CPU_DECODER
+from .video import DECODERS, DEFAULT_CPU_DECODER, VIDEO_EXTENSIONS
 
 T = TypeVar("T")
 # The most frames a clip may be sampled at: each video's sampled indices are stored as an HDF5 attribute
@@ -39,6 +42,12 @@ def opt(default: Any, help: str, choices: tuple = (), at_least: float | None = N
     `>= at_least`, `> above`, `< below`) and the `make` variable that sets it, if any."""
     return field(default=default, metadata={"help": help, "choices": choices, "at_least": at_least,
                                             "above": above, "below": below, "make": make})
+
+
+def positional(help: str) -> Any:
+    """A config field given on the command line by position, with no flag and no default: one value, or one
+    or more for a `list` field."""
+    return field(metadata={"help": help, "positional": True})
 
 
 def option_of(cls: type, name: str) -> Any:
@@ -71,9 +80,53 @@ class Checked:
                 raise ConfigError(f"--{f.name.replace('_', '-')}{make} {problem}, not {getattr(self, f.name)!r}")
 
 
+def _add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argument per field of dataclass `cls`: a positional one, or a `--name` option with its default
+    (an empty one is not shown) and its `make` variable in its help."""
+    for f in dataclasses.fields(cls):
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, nargs="+" if kind.startswith("list") else None, help=f.metadata["help"])
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        notes = ([f"default: {f.default}"] if f.default != "" else []) + \
+            ([f"make: {f.metadata['make']}"] if f.metadata.get("make") else [])
+        help_text = f.metadata["help"] + (f" ({'; '.join(notes)})" if notes else "")
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}.get(kind, str), default=f.default,
+                                help=help_text, choices=f.metadata.get("choices") or None)
+
+
+def parse_configs(description: str, argv: list[str] | None, *classes: type) -> list:
+    """One config of each of `classes` from one command line, which takes an argument per field of each; a
+    value out of range ends the program as argparse does."""
+    parser = argparse.ArgumentParser(description=description)
+    for cls in classes:
+        _add_arguments(parser, cls)
+    args = parser.parse_args(argv)
+    try:
+        return [cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}) for cls in classes]
+    except ConfigError as exc:
+        parser.error(str(exc))
+
+
+def parse_config(cls: type[T], description: str, argv: list[str] | None) -> T:
+    """A command's config from its command line, which takes an argument per field."""
+    return parse_configs(description, argv, cls)[0]
+
+
+def print_config(name: str, cfg: Any) -> None:
+    """The config a stage runs with, one field a line, before it starts."""
+    print(f"{name} config:")
+    for key, value in dataclasses.asdict(cfg).items():
+        print(f"  {key:>16} = {value}")
+
+
 @dataclass
 class ExtractConfig(Checked):
-    raw: str = opt(DEFAULT_RAW, "folder of video clips (.avi, .mp4, .mkv, .webm, .mov)", make="RAW")
+    raw: str = opt(DEFAULT_RAW, f"folder of video clips ({', '.join(VIDEO_EXTENSIONS)})", make="RAW")
     features: str = opt(DEFAULT_FEATURES, "HDF5 feature store to create or extend", make="FEATURES")
     backbone: str = opt("vgg16", "the image network", choices=tuple(BACKBONES), make="BACKBONE")
     frames: int = opt(80, f"frames sampled uniformly from each clip (at most {MAX_FRAMES})", at_least=1,
@@ -94,43 +147,6 @@ class ExtractConfig(Checked):
                          make="PRECISION")
     workers: int = opt(0, "threads decoding clips ahead of the backbone; 0 = 1 on CPU, one per core up to 16 with "
                           "a GPU", at_least=0)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One `--name` option per field of dataclass `cls`, with its default and help."""
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        make = f"; make: {f.metadata['make']}" if f.metadata.get("make") else ""
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default}{make})"
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-        else:
-            kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            parser.add_argument(flag, type=kind, default=f.default, help=help_text,
-                                choices=f.metadata.get("choices") or None)
-
-
-def config_from_args(cls: type[T], args: argparse.Namespace, parser: argparse.ArgumentParser) -> T:
-    """The config of the parsed `args`; a value out of range ends the program as argparse does."""
-    try:
-        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-    except ConfigError as exc:
-        parser.error(str(exc))
-
-
-def parse_config(cls: type[T], name: str, description: str, argv: list[str] | None) -> T:
-    """A stage's config from its command line (one option per field), printed before the stage runs."""
-    parser = argparse.ArgumentParser(description=description)
-    add_config_arguments(parser, cls)
-    cfg = config_from_args(cls, parser.parse_args(argv), parser)
-    print_config(name, cfg)
-    return cfg
-
-
-def print_config(name: str, cfg: Any) -> None:
-    print(f"{name} config:")
-    for key, value in dataclasses.asdict(cfg).items():
-        print(f"  {key:>16} = {value}")
 
 
 @dataclass
@@ -218,3 +234,40 @@ class SampleConfig(Checked):
                          "frames of a shorter clip, and encode each distinct frame once)", at_least=2)
     size: int = opt(112, "frame width and height in pixels", at_least=32)
     seed: int = opt(0, "seed for everything random", make="DEMO_SEED")
+
+
+@dataclass
+class EvalModeConfig(Checked):
+    """What `evaluate.py` does instead of evaluating a run; not part of the evaluation's config."""
+
+    predictions: str = opt("", "a video_id,caption file to score against --references")
+    out: str = opt("", "with --predictions: write the scores JSON here")
+    all: bool = opt(False, "caption every video in --features into RUN/captions_all.txt")
+
+
+@dataclass
+class CaptionConfig(Checked):
+    """`caption.py`: video files captioned straight from disk with a trained run."""
+
+    videos: list[str] = positional(f"video files ({', '.join(VIDEO_EXTENSIONS)})")
+    run_dir: str = opt(DEFAULT_RUN, "run folder", make="RUN")
+    checkpoint: str = option_of(EvalConfig, "checkpoint")
+    beam: int = option_of(DecodeConfig, "beam")
+    device: str = option_of(ExtractConfig, "device")
+    weights: str = opt("", "the weights file the run's features were made with, if it was a file")
+
+
+@dataclass
+class AttributesConfig(Checked):
+    """`python -m pipeline.attributes`: the colour, shape and motion a run's captions of the sample set name."""
+
+    captions: str = positional("the run's captions.txt (video_id,caption lines)")
+    attributes: str = positional("the sample set's attributes.json")
+    scores: str = opt("", "a scores.json to add the accuracies to")
+
+
+@dataclass
+class InspectConfig(Checked):
+    """`python -m pipeline.store`: how a feature store was made, and whether it is valid."""
+
+    path: str = positional("feature store (.h5)")

@@ -11,7 +11,6 @@ instead. Scoring a captions file on its own is `scoring`'s job; `evaluate.py
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING
 from .labels import format_id_caption, load_captions
 from .vocab import Vocab
 from .checkpoint import CheckpointError, feature_problems, load_checkpoint, model_from_checkpoint
-from .config import EvalConfig, add_config_arguments, config_from_args, print_config
+from .config import EvalConfig, EvalModeConfig, parse_configs, print_config
 from .dataset import StoredFeatures, usable_ids
 from .decoding import caption_features
 from .devices import resolve_device
@@ -88,30 +87,24 @@ def caption_all(cfg: EvalConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Caption the test videos with a trained run and score them (make eval); caption every "
-                    "video in the store (--all, make captions); or score a captions file with no model "
-                    "(--predictions P.txt --references R.json [--out scores.json]).")
-    parser.add_argument("--predictions", help="a video_id,caption file to score against --references")
-    parser.add_argument("--out", help="with --predictions: write the scores JSON here")
-    parser.add_argument("--all", action="store_true",
-                        help="caption every video in --features into RUN/captions_all.txt")
-    add_config_arguments(parser, EvalConfig)
-    args = parser.parse_args(argv)
-    cfg = config_from_args(EvalConfig, args, parser)
-    return run_command(lambda: _run(cfg, args))
+    mode, cfg = parse_configs("Caption the test videos with a trained run and score them (make eval); caption "
+                              "every video in the store (--all, make captions); or score a captions file with no "
+                              "model (--predictions P.txt --references R.json [--out scores.json]).", argv,
+                              EvalModeConfig, EvalConfig)
+    if not mode.predictions:  # scoring a file uses no run: only its scores are printed
+        print_config("evaluate", cfg)
+    return run_command(lambda: _run(mode, cfg))
 
 
-def _run(cfg: EvalConfig, args: argparse.Namespace) -> int:
-    if args.predictions:
-        scores = score_file(args.predictions, cfg.references)
+def _run(mode: EvalModeConfig, cfg: EvalConfig) -> int:
+    if mode.predictions:
+        scores = score_file(mode.predictions, cfg.references)
         print(format_scores(scores))
-        if args.out:
-            write_json(args.out, scores)
-            print(f"scores: {args.out}")
+        if mode.out:
+            write_json(mode.out, scores)
+            print(f"scores: {mode.out}")
         return 0
-    print_config("evaluate", cfg)
-    if args.all:
+    if mode.all:
         print(f"captions: {caption_all(cfg)}")
         return 0
     scores = evaluate_run(cfg)

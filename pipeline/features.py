@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 import traceback
 from collections import deque
@@ -39,7 +38,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .backbones import Backbone, load_backbone
-from .config import ExtractConfig, parse_config
+from .config import ExtractConfig, parse_config, print_config
 from .devices import resolve_device
 from .errors import ConfigError, PipelineError, run_command
 from .files import ensure_writable_folder, write_json
@@ -372,23 +371,17 @@ def _outputs(features: str) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    with distributed.rank0_prints():
-        return _main(argv)
-
-
-def _main(argv: list[str] | None) -> int:
-    cfg = parse_config(ExtractConfig, "extract_features",
-                       "Extract per-frame CNN features of every clip in a folder into an HDF5 store. "
-                       "Only clips that are new or changed since the last run are processed. Under "
-                       "torchrun the clips are split across the processes.", argv)
-    try:
-        return run_command(lambda: _run(cfg))
-    except KeyboardInterrupt:
-        print("\ninterrupted: every clip finished so far is in the store; run again to resume", file=sys.stderr)
-        return 130
+    with distributed.rank0_prints():  # under torchrun, rank 0 alone prints the config and the summary
+        cfg = parse_config(ExtractConfig, "Extract per-frame CNN features of every clip in a folder into an HDF5 "
+                           "store. Only clips that are new or changed since the last run are processed. Under "
+                           "torchrun the clips are split across the processes.", argv)
+        print_config("extract_features", cfg)
+        return run_command(lambda: _run(cfg),
+                           interrupted="every clip finished so far is in the store; run again to resume")
 
 
 def _run(cfg: ExtractConfig) -> int:
+    """Extract, write the summary files beside the store and print the summary; 1 if any clip failed."""
     summary = extract(cfg)
     config_path, failures_path = _outputs(cfg.features)
     if distributed.launched_rank() == 0:

@@ -23,7 +23,6 @@ What it guarantees, and how:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -39,7 +38,8 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from .errors import PipelineError
+from .config import InspectConfig, parse_config
+from .errors import PipelineError, run_command
 
 FORMAT = "s2vt-features"
 FORMAT_VERSION = 1
@@ -335,14 +335,13 @@ def _entry_problems(f: h5py.File, vid: str, expected: tuple[int, int], dtype: np
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.store FILE`: print how a store was made, and validate it."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("path", help="feature store (.h5)")
-    args = parser.parse_args(argv)
-    try:
-        store = FeatureStore(args.path)
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = parse_config(InspectConfig, main.__doc__, argv)
+    return run_command(lambda: _inspect(cfg.path))
+
+
+def _inspect(path: str) -> int:
+    """Print how the store at `path` was made and every problem in it; 1 if there are any."""
+    store = FeatureStore(path)
     for key, value in sorted(store.info.items()):
         print(f"{key:>14}: {value}")
     problems = store.validate()

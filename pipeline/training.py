@@ -15,7 +15,6 @@ import contextlib
 import csv
 import json
 import math
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +30,7 @@ from .labels import load_captions
 from .vocab import Vocab
 from .checkpoint import (CheckpointError, Progress, build_checkpoint, check_resumable, load_checkpoint, restore,
                          save_checkpoint)
-from .config import DecodeConfig, TrainConfig, parse_config
+from .config import DecodeConfig, TrainConfig, parse_config, print_config
 from .dataset import CaptionSet, batches, build_set, epoch_captions, features_fit, split_ids, usable_ids
 from .decoding import caption_features
 from .devices import resolve_device
@@ -267,23 +266,15 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def main(argv: list[str] | None = None) -> int:
+    with distributed.rank0_prints():  # under torchrun, rank 0 alone prints the config
+        cfg = parse_config(TrainConfig, "Train S2VT on stored features and captions. Running it again with the "
+                           "same --run-dir resumes from last.pt; a larger --epochs continues a finished run.", argv)
+        print_config("train", cfg)
+        return run_command(lambda: _run(cfg),
+                           interrupted=f"{cfg.run_dir}/last.pt holds the last finished epoch; run again to resume")
+
+
 def _run(cfg: TrainConfig) -> int:
     train(cfg)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    with distributed.rank0_prints():
-        return _main(argv)
-
-
-def _main(argv: list[str] | None) -> int:
-    cfg = parse_config(TrainConfig, "train",
-                       "Train S2VT on stored features and captions. Running it again with the same --run-dir "
-                       "resumes from last.pt; a larger --epochs continues a finished run.", argv)
-    try:
-        return run_command(lambda: _run(cfg))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {cfg.run_dir}/last.pt holds the last finished epoch; run again to resume",
-              file=sys.stderr)
-        return 130
