@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .backbones import BACKBONES
+from .encoding import CPU_FORWARD_FRAMES, GPU_FORWARD_FRAMES
 from .errors import ConfigError
 from .model import ATTENTIONS
 from .precision import PRECISIONS, TRAINING_PRECISIONS
@@ -134,8 +135,9 @@ class ExtractConfig(Checked):
     weights: str = opt("imagenet", "'imagenet', 'random' (tests only), or a path to a state-dict file",
                        make="WEIGHTS")
     device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
-    batch: int = opt(0, "frames per forward pass through the backbone; 0 = 16 on CPU (2x faster than 80 for "
-                        "EfficientNet-Lite0 there), 80 on a GPU", at_least=0, make="BATCH")
+    batch: int = opt(0, f"frames per forward pass through the backbone; 0 = {CPU_FORWARD_FRAMES} on CPU (2x faster "
+                        f"than 80 for EfficientNet-Lite0 there), {GPU_FORWARD_FRAMES} on a GPU (several clips' "
+                        "frames)", at_least=0, make="BATCH")
     decoder: str = opt("auto", f"video decoder: 'auto' (= {DEFAULT_CPU_DECODER}, the fastest measured), pyav, opencv, "
                                "decord, or nvdec (the GPU's, with DEVICE=cuda: exact, but slower than 16 CPU cores "
                                "in our measurement); each gives the exact sampled frames", choices=DECODERS,
