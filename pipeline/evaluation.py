@@ -24,8 +24,9 @@ from .decoding import caption_features
 from .devices import resolve_device
 from .errors import run_command
 from .files import atomic_write, ensure_writable_folder, write_json
+from .metrics import bleu1_per_video, score_captions
 from .report import write_report
-from .scoring import baseline_scores, format_scores, score_captions, score_file
+from .scoring import baseline_scores, format_scores, score_file
 from .store import FeatureStore
 
 if TYPE_CHECKING:
@@ -66,13 +67,14 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     captions = caption_videos(model, vocab, store, ids, cfg)
     write_captions(run / "captions.txt", captions)
     references = {vid: references[vid] for vid in ids}
-    scores = score_captions(captions, references)
+    per_video = bleu1_per_video(captions, references)  # the headline score's parts, and the report's ranking
+    scores = score_captions(captions, references, per_video=per_video)
     scores["baseline"] = baseline_scores(cfg.train_labels or checkpoint["train_config"]["labels"], references)
     scores["decoding"] = asdict(cfg.decoding())
     scores["checkpoint"] = {"file": str(run / cfg.checkpoint), "epoch": checkpoint["epoch"]}
     write_json(run / "scores.json", scores)
     write_json(run / "eval_config.json", asdict(cfg))
-    write_report(run, scores, captions, references, cfg.raw, cfg.report_videos)
+    write_report(run, scores, captions, references, per_video, cfg.raw, cfg.report_videos)
     return scores
 
 
