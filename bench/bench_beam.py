@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import alternate, timed  # noqa: E402
 
-from pipeline.config import resolve_device  # noqa: E402
-from pipeline.decoding import DecodeConfig, beam_search  # noqa: E402
+from pipeline.config import DecodeConfig  # noqa: E402
+from pipeline.decoding import beam_search  # noqa: E402
+from pipeline.devices import resolve_device  # noqa: E402
 from pipeline.model import S2VT, S2VTConfig  # noqa: E402
 
 

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_extract import DEFAULT_CLIPS  # noqa: E402
 from timing import alternate, timed  # noqa: E402
 
-from pipeline.config import ExtractConfig, resolve_device  # noqa: E402
+from pipeline.config import ExtractConfig  # noqa: E402
+from pipeline.devices import resolve_device  # noqa: E402
 from pipeline.features import decode_workers, find_videos  # noqa: E402
 from pipeline.video import (CPU_DECODERS, DEFAULT_CPU_DECODER, GPU_DECODER, nvdec_available,  # noqa: E402
                             read_clip)

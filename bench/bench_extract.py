@@ -44,8 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timing import alternate, timed  # noqa: E402
 
 from pipeline.backbones import load_backbone  # noqa: E402
-from pipeline.config import ExtractConfig, resolve_device  # noqa: E402
-from pipeline.features import decode_workers, encode_clip, extract, find_videos  # noqa: E402
+from pipeline.config import ExtractConfig  # noqa: E402
+from pipeline.devices import resolve_device  # noqa: E402
+from pipeline.encoding import encode_clip  # noqa: E402
+from pipeline.features import decode_workers, extract, find_videos  # noqa: E402
 from pipeline.precision import native_bf16, resolve_precision  # noqa: E402
 from pipeline.video import read_clip, resolve_decoder  # noqa: E402
 

@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_s2vt import StepwiseS2VT  # noqa: E402
 from timing import alternate, timed  # noqa: E402
 
-from pipeline.config import TrainConfig, resolve_device  # noqa: E402
+from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.dataset import CaptionSet  # noqa: E402
+from pipeline.devices import resolve_device  # noqa: E402
 from pipeline.model import S2VT, S2VTConfig  # noqa: E402
-from pipeline.precision import native_bf16, resolve_precision  # noqa: E402
+from pipeline.precision import TRAINING_PRECISIONS, native_bf16, resolve_precision  # noqa: E402
 from pipeline.train_step import TrainStep  # noqa: E402
 from pipeline.training import train_one_epoch  # noqa: E402
 
@@ -63,7 +64,7 @@ def run(steps: int = 4, repeats: int = 3, device: str = "auto") -> dict:
     torch.manual_seed(0)
     ours = S2VT(S2VTConfig(feature_dim=4096, vocab_size=2891, pad_id=0, bos_id=1, eos_id=2)).to(target)
     reference = StepwiseS2VT(4096, 2891).to(target)
-    default = resolve_precision(cfg.precision, target, allowed=("auto", "fp32", "bf16"), auto_bf16_on_cpu=False)
+    default = resolve_precision(cfg.precision, target, TRAINING_PRECISIONS, auto_bf16_on_cpu=False)
     scale = math.ceil(MLDS_VIDEOS / BATCH) / steps
 
     def case(model, precision):

@@ -11,12 +11,12 @@ word still scores well), so the demo reports these accuracies beside them.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from .config import write_json
+from .config import AttributesConfig, parse_config
 from .errors import PipelineError, run_command
+from .files import write_json
 from .labels import read_id_caption_lines
 from .sample import COLOURS, MOTION_PHRASES, SHAPE_WORDS
 from .vocab import tokenize
@@ -47,28 +47,26 @@ def attribute_accuracy(captions: dict[str, str], truth: dict[str, dict]) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Score the colour, shape and motion a run's captions of the "
-                                                 "sample set name; prints them and adds them to scores.json.")
-    parser.add_argument("captions", type=Path, help="the run's captions.txt (video_id,caption lines)")
-    parser.add_argument("attributes", type=Path, help="the sample set's attributes.json")
-    parser.add_argument("--scores", type=Path, help="a scores.json to add the accuracies to")
-    args = parser.parse_args(argv)
-    return run_command(lambda: _run(args))
+    cfg = parse_config(AttributesConfig, "Score the colour, shape and motion a run's captions of the sample set "
+                                         "name; prints them and adds them to scores.json.", argv)
+    return run_command(lambda: _run(cfg))
 
 
-def _run(args: argparse.Namespace) -> int:
-    if not args.attributes.is_file():
-        raise PipelineError(f"{args.attributes}: no such file (make sample writes it)")
-    truth = json.loads(args.attributes.read_text())
-    captions = {vid: caption for _, vid, caption in read_id_caption_lines(args.captions)}
+def _run(cfg: AttributesConfig) -> int:
+    captions_path, attributes_path = Path(cfg.captions), Path(cfg.attributes)
+    if not attributes_path.is_file():
+        raise PipelineError(f"{attributes_path}: no such file (make sample writes it)")
+    truth = json.loads(attributes_path.read_text())
+    captions = {vid: caption for _, vid, caption in read_id_caption_lines(captions_path)}
     unknown = sorted(set(captions) - set(truth))
     if unknown:
-        raise PipelineError(f"{args.captions}: {len(unknown)} videos are not in {args.attributes} (e.g. "
+        raise PipelineError(f"{captions_path}: {len(unknown)} videos are not in {attributes_path} (e.g. "
                             f"{unknown[:3]}): are these captions of the sample set?")
     accuracy = attribute_accuracy(captions, truth)
     print("attribute accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
-    if args.scores:
-        write_json(args.scores, json.loads(args.scores.read_text()) | {"attributes": accuracy})
+    if cfg.scores:
+        scores = Path(cfg.scores)
+        write_json(scores, json.loads(scores.read_text()) | {"attributes": accuracy})
     return 0
 
 

@@ -9,7 +9,6 @@ Two files with the same name (the same video id) are refused before any work.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,17 +17,18 @@ import torch
 
 from .backbones import Backbone, WeightsError, load_backbone
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .config import resolve_device
-from .decoding import DecodeConfig, caption_features
+from .config import CaptionConfig, DecodeConfig, parse_config
+from .decoding import caption_features
+from .devices import resolve_device
 from .errors import ConfigError, run_command
-from .features import encode_clip
+from .encoding import encode_clip
 from .labels import format_id_caption
 from .precision import runnable
 from .store import StoreSettings
 from .video import VideoError, read_clip
 
 
-def backbone_of(checkpoint: dict, weights_file: str | None) -> Backbone:
+def backbone_of(checkpoint: dict, weights_file: str) -> Backbone:
     """The feature extractor the run was trained on, with the very same weights."""
     settings = checkpoint["feature_settings"]
     identity = settings["weights"]
@@ -49,9 +49,9 @@ def backbone_of(checkpoint: dict, weights_file: str | None) -> Backbone:
     return backbone
 
 
-def caption_files(paths: list[Path], run: str, checkpoint_name: str = "best.pt", beam: int = 5,
-                  device: str = "auto", weights_file: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
-    """`({video_id: caption}, {file: reason it failed})` for `paths`."""
+def caption_files(cfg: CaptionConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """`({video_id: caption}, {file: reason it failed})` for the files `cfg.videos`."""
+    paths = [Path(video) for video in cfg.videos]
     by_id: dict[str, list[str]] = {}
     for path in paths:
         by_id.setdefault(path.name, []).append(str(path))
@@ -60,12 +60,12 @@ def caption_files(paths: list[Path], run: str, checkpoint_name: str = "best.pt",
         vid, files = next(iter(same.items()))
         raise ConfigError(f"{len(same)} video ids are given by several files, e.g. {vid!r} by {', '.join(files)}: "
                           f"a video's id is its file name, so caption such files in separate calls")
-    decode = DecodeConfig(beam=beam)
-    checkpoint = load_checkpoint(Path(run) / checkpoint_name)
+    decode = DecodeConfig(beam=cfg.beam)
+    checkpoint = load_checkpoint(Path(cfg.run_dir) / cfg.checkpoint)
     model, vocab = model_from_checkpoint(checkpoint)
     trained_on = StoreSettings(**checkpoint["feature_settings"])  # older checkpoints: fp32 features
-    target = resolve_device(device)
-    backbone = backbone_of(checkpoint, weights_file).place(target, runnable(trained_on.precision, target))
+    target = resolve_device(cfg.device)
+    backbone = backbone_of(checkpoint, cfg.weights).place(target, runnable(trained_on.precision, target))
     model.to(target)
     frames = trained_on.frames
     captions, failures = {}, {}
@@ -81,20 +81,12 @@ def caption_files(paths: list[Path], run: str, checkpoint_name: str = "best.pt",
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Caption video files with a trained run; prints video_id,caption.")
-    parser.add_argument("videos", nargs="+", help="video files (.avi, .mp4, .mkv, .webm, .mov)")
-    parser.add_argument("--run-dir", default="runs/s2vt", help="run folder (default: runs/s2vt)")
-    parser.add_argument("--checkpoint", default="best.pt", help="checkpoint in the run folder (default: best.pt)")
-    parser.add_argument("--beam", type=int, default=5, help="beam size, 1 = greedy (default: 5)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-    parser.add_argument("--weights", help="the weights file the run's features were made with, if it was a file")
-    args = parser.parse_args(argv)
-    return run_command(lambda: _run(args))
+    cfg = parse_config(CaptionConfig, "Caption video files with a trained run; prints video_id,caption.", argv)
+    return run_command(lambda: _run(cfg))
 
 
-def _run(args: argparse.Namespace) -> int:
-    captions, failures = caption_files([Path(v) for v in args.videos], args.run_dir, args.checkpoint, args.beam,
-                                       args.device, args.weights)
+def _run(cfg: CaptionConfig) -> int:
+    captions, failures = caption_files(cfg)
     for vid, caption in captions.items():
         print(format_id_caption(vid, caption))
     for path, reason in failures.items():

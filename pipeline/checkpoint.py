@@ -19,8 +19,9 @@ import torch
 
 from . import distributed
 from .vocab import Vocab
-from .config import TrainConfig, atomic_write
+from .config import TrainConfig
 from .errors import PipelineError
+from .files import atomic_write
 from .model import S2VT, S2VTConfig
 from .store import FeatureStore, StoreSettings
 

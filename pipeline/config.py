@@ -1,30 +1,40 @@
-"""One dataclass config per stage, checked where it is made, which also builds the stage's command line.
+"""One dataclass config per command, checked where it is made, which also builds its command line.
 
-Reads command-line arguments; writes `config.json` files. Each field's help text
-is its one-line description; the same dataclass builds the `--help` of the stage's
-script, is printed when the stage starts, and is saved beside its outputs. Every
-field's allowed values (a range or a list of choices) are checked once, when the
-config is made, from the command line or from Python: a bad value is refused with
-a `ConfigError` naming the option, its `make` variable and what it may be.
+Reads command-line arguments; writes nothing (each stage saves its config beside
+its outputs). Each field's help text is its one-line description; the same
+dataclass builds the command's `--help` (an option per field, or a positional
+argument for a `positional` field) and is printed when a stage starts. An option
+that several commands take is defined once, in one config, and the others take it
+with `option_of`; each list of choices comes from the module that gives its values
+their meaning (`BACKBONES`, `ATTENTIONS`, `SCHEDULES`, `PRECISIONS`, `DECODERS`).
+Every field's allowed values (a range or a list of choices) are checked once, when
+the config is made, from the command line or from Python: a bad value is refused
+with a `ConfigError` naming the option, its `make` variable and what it may be.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
+from .backbones import BACKBONES
+from .encoding import CPU_FORWARD_FRAMES, GPU_FORWARD_FRAMES
 from .errors import ConfigError
-from .video import DECODERS, DEFAULT_CPU_DECODER
+from .model import ATTENTIONS
+from .precision import PRECISIONS, TRAINING_PRECISIONS
+from .schedule import SCHEDULES
+from .video import DECODERS, DEFAULT_CPU_DECODER, VIDEO_EXTENSIONS
 
 T = TypeVar("T")
 # The most frames a clip may be sampled at: each video's sampled indices are stored as an HDF5 attribute
 # (8 bytes a frame), and an attribute must fit HDF5's 64 KiB object header beside the video's other ones.
 MAX_FRAMES = 4096
+# The project's layout (the Makefile's defaults): the stages that read or write a path share its default.
+DEFAULT_RAW = "data/raw"
+DEFAULT_FEATURES = "data/features/vgg16_80.h5"
+DEFAULT_RUN = "runs/s2vt"
 
 
 def opt(default: Any, help: str, choices: tuple = (), at_least: float | None = None,
@@ -33,6 +43,19 @@ def opt(default: Any, help: str, choices: tuple = (), at_least: float | None = N
     `>= at_least`, `> above`, `< below`) and the `make` variable that sets it, if any."""
     return field(default=default, metadata={"help": help, "choices": choices, "at_least": at_least,
                                             "above": above, "below": below, "make": make})
+
+
+def positional(help: str) -> Any:
+    """A config field given on the command line by position, with no flag and no default: one value, or one
+    or more for a `list` field."""
+    return field(metadata={"help": help, "positional": True})
+
+
+def option_of(cls: type, name: str) -> Any:
+    """The field `name` of config `cls`, for another config that takes the same option: it is defined once,
+    with one default, help line and range."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field(default=f.default, metadata=f.metadata)
 
 
 def _problem(f: dataclasses.Field, value: Any) -> str | None:
@@ -58,22 +81,63 @@ class Checked:
                 raise ConfigError(f"--{f.name.replace('_', '-')}{make} {problem}, not {getattr(self, f.name)!r}")
 
 
-BACKBONE_NAMES = ("vgg16", "vgg19", "resnet50", "resnet101", "resnet152", "efficientnet_lite0")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+def _add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argument per field of dataclass `cls`: a positional one, or a `--name` option with its default
+    (an empty one is not shown) and its `make` variable in its help."""
+    for f in dataclasses.fields(cls):
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, nargs="+" if kind.startswith("list") else None, help=f.metadata["help"])
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        notes = ([f"default: {f.default}"] if f.default != "" else []) + \
+            ([f"make: {f.metadata['make']}"] if f.metadata.get("make") else [])
+        help_text = f.metadata["help"] + (f" ({'; '.join(notes)})" if notes else "")
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}.get(kind, str), default=f.default,
+                                help=help_text, choices=f.metadata.get("choices") or None)
+
+
+def parse_configs(description: str, argv: list[str] | None, *classes: type) -> list:
+    """One config of each of `classes` from one command line, which takes an argument per field of each; a
+    value out of range ends the program as argparse does."""
+    parser = argparse.ArgumentParser(description=description)
+    for cls in classes:
+        _add_arguments(parser, cls)
+    args = parser.parse_args(argv)
+    try:
+        return [cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}) for cls in classes]
+    except ConfigError as exc:
+        parser.error(str(exc))
+
+
+def parse_config(cls: type[T], description: str, argv: list[str] | None) -> T:
+    """A command's config from its command line, which takes an argument per field."""
+    return parse_configs(description, argv, cls)[0]
+
+
+def print_config(name: str, cfg: Any) -> None:
+    """The config a stage runs with, one field a line, before it starts."""
+    print(f"{name} config:")
+    for key, value in dataclasses.asdict(cfg).items():
+        print(f"  {key:>16} = {value}")
 
 
 @dataclass
 class ExtractConfig(Checked):
-    raw: str = opt("data/raw", "folder of video clips (.avi, .mp4, .mkv, .webm, .mov)", make="RAW")
-    features: str = opt("data/features/vgg16_80.h5", "HDF5 feature store to create or extend", make="FEATURES")
-    backbone: str = opt("vgg16", "the image network", choices=BACKBONE_NAMES, make="BACKBONE")
+    raw: str = opt(DEFAULT_RAW, f"folder of video clips ({', '.join(VIDEO_EXTENSIONS)})", make="RAW")
+    features: str = opt(DEFAULT_FEATURES, "HDF5 feature store to create or extend", make="FEATURES")
+    backbone: str = opt("vgg16", "the image network", choices=tuple(BACKBONES), make="BACKBONE")
     frames: int = opt(80, f"frames sampled uniformly from each clip (at most {MAX_FRAMES})", at_least=1,
                       below=MAX_FRAMES + 1, make="FRAMES")
     weights: str = opt("imagenet", "'imagenet', 'random' (tests only), or a path to a state-dict file",
                        make="WEIGHTS")
     device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
-    batch: int = opt(0, "frames per forward pass through the backbone; 0 = 16 on CPU (2x faster than 80 for "
-                        "EfficientNet-Lite0 there), 80 on a GPU", at_least=0, make="BATCH")
+    batch: int = opt(0, f"frames per forward pass through the backbone; 0 = {CPU_FORWARD_FRAMES} on CPU (2x faster "
+                        f"than 80 for EfficientNet-Lite0 there), {GPU_FORWARD_FRAMES} on a GPU (several clips' "
+                        "frames)", at_least=0, make="BATCH")
     decoder: str = opt("auto", f"video decoder: 'auto' (= {DEFAULT_CPU_DECODER}, the fastest measured), pyav, opencv, "
                                "decord, or nvdec (the GPU's, with DEVICE=cuda: exact, but slower than 16 CPU cores "
                                "in our measurement); each gives the exact sampled frames", choices=DECODERS,
@@ -87,99 +151,12 @@ class ExtractConfig(Checked):
                           "a GPU", at_least=0)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One `--name` option per field of dataclass `cls`, with its default and help."""
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        make = f"; make: {f.metadata['make']}" if f.metadata.get("make") else ""
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default}{make})"
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-        else:
-            kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            parser.add_argument(flag, type=kind, default=f.default, help=help_text,
-                                choices=f.metadata.get("choices") or None)
-
-
-def config_from_args(cls: type[T], args: argparse.Namespace, parser: argparse.ArgumentParser) -> T:
-    """The config of the parsed `args`; a value out of range ends the program as argparse does."""
-    try:
-        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-    except ConfigError as exc:
-        parser.error(str(exc))
-
-
-def parse_config(cls: type[T], name: str, description: str, argv: list[str] | None) -> T:
-    """A stage's config from its command line (one option per field), printed before the stage runs."""
-    parser = argparse.ArgumentParser(description=description)
-    add_config_arguments(parser, cls)
-    cfg = config_from_args(cls, parser.parse_args(argv), parser)
-    print_config(name, cfg)
-    return cfg
-
-
-def print_config(name: str, cfg: Any) -> None:
-    print(f"{name} config:")
-    for key, value in dataclasses.asdict(cfg).items():
-        print(f"  {key:>16} = {value}")
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def ensure_writable_folder(folder: str | Path, option: str) -> Path:
-    """`folder`, created if missing, after checking a file can be written in it; `option` (the `make`
-    variable that names it) is named in the error otherwise."""
-    folder = Path(folder)
-    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"{option}: cannot write in {folder}: {existing} is a file, not a folder; pass a {option} "
-                          f"path in a folder you can write")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"{option}: cannot write in {folder} ({exc.strerror or exc}); pass a {option} path "
-                          f"in a folder you can write") from None
-    return folder
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"))
-
-
-def resolve_device(device: str):
-    """'auto' -> CUDA when available, else CPU; anything else must be usable here."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device (make: DEVICE) must be auto, cpu, cuda or cuda:N, not {device!r}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here; use DEVICE=cpu or auto")
-    return resolved
-
-
 @dataclass
 class TrainConfig(Checked):
-    features: str = opt("data/features/vgg16_80.h5", "feature store made by `make features`", make="FEATURES")
+    features: str = opt(DEFAULT_FEATURES, "feature store made by `make features`", make="FEATURES")
     labels: str = opt("data/training_label.json", "training captions (MLDS JSON, CSV, MSR-VDC CSV or MSVD split)",
                       make="LABELS")
-    run_dir: str = opt("runs/s2vt", "run folder: checkpoints, metrics.csv, plots, config.json", make="RUN")
+    run_dir: str = opt(DEFAULT_RUN, "run folder: checkpoints, metrics.csv, plots, config.json", make="RUN")
     epochs: int = opt(100, "total epochs; a finished run called with more continues to the new count", at_least=1,
                       make="EPOCHS")
     batch_size: int = opt(64, "captions per optimisation step (under torchrun, over all processes)", at_least=1,
@@ -190,12 +167,12 @@ class TrainConfig(Checked):
     hidden: int = opt(512, "LSTM hidden size", at_least=1)
     embed: int = opt(512, "word embedding size", at_least=1)
     dropout: float = opt(0.3, "dropout on frame projections, embeddings and the output layer", at_least=0, below=1)
-    attention: str = opt("none", "'none' (plain S2VT), 'luong' or 'bahdanau'", choices=("none", "luong", "bahdanau"))
+    attention: str = opt("none", "'none' (plain S2VT), 'luong' or 'bahdanau'", choices=ATTENTIONS)
     bidirectional: bool = opt(False, "bidirectional first LSTM")
     motion: float = opt(0.0, "weight of a motion stream (features minus the first frame's) beside the "
                              "features; 0 = off", at_least=0)
     schedule: str = opt("inverse_sigmoid", "teacher forcing per epoch: inverse_sigmoid (the seed's), constant, "
-                                           "linear", choices=("inverse_sigmoid", "constant", "linear"))
+                                           "linear", choices=tuple(SCHEDULES))
     captions_per_epoch: str = opt("one", "'one' random caption per video each epoch (the seed's way), or 'all'",
                                   choices=("one", "all"))
     max_len: int = opt(20, "words kept per caption (longer ones are cut)", at_least=1)
@@ -206,10 +183,10 @@ class TrainConfig(Checked):
     label_smoothing: float = opt(0.0, "share of each target word's probability spread over the vocabulary in the "
                                       "training loss", at_least=0, below=1)
     seed: int = opt(0, "seed for initialisation, the split, caption sampling and dropout")
-    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
+    device: str = option_of(ExtractConfig, "device")
     precision: str = opt("auto", "fp32, bf16 (autocast; weights stay float32), or auto = bf16 on a GPU that "
                                  "computes it natively, else fp32 (bf16 on a CPU is faster but learned less "
-                                 "well in our tests)", choices=("auto", "fp32", "bf16"))
+                                 "well in our tests)", choices=TRAINING_PRECISIONS)
     feature_memory: float = opt(0.0, "GB of RAM the features may take; a larger set is read from the store "
                                      "batch by batch (0 = half of the memory available at start)", at_least=0)
     cuda_graphs: bool = opt(True, "on one CUDA GPU, replay each training step from a captured CUDA graph (the "
@@ -217,22 +194,35 @@ class TrainConfig(Checked):
 
 
 @dataclass
-class EvalConfig(Checked):
-    run_dir: str = opt("runs/s2vt", "run folder with the checkpoint; captions and scores are written there",
-                       make="RUN")
-    features: str = opt("data/features/vgg16_80.h5", "feature store holding the videos to caption",
-                        make="FEATURES")
-    references: str = opt("data/testing_label.json", "test captions to score against", make="TEST_LABELS")
-    checkpoint: str = opt("best.pt", "checkpoint file in the run folder")
-    train_labels: str = opt("", "training labels for the constant-caption baseline (default: the run's own)")
-    raw: str = opt("data/raw", "folder of the raw clips, for the report's GIFs (missing clips are noted)",
-                   make="RAW")
-    report_videos: int = opt(8, "test videos shown in the report", at_least=0)
+class DecodeConfig(Checked):
+    """How `decoding.py` turns features into captions: beam search, greedy at beam 1."""
+
     beam: int = opt(5, "beam size (1 = greedy)", at_least=1, make="BEAM")
     length_penalty: float = opt(0.0, "beam length penalty alpha: ((5 + length) / 6) ** alpha", at_least=0)
     block_ngram: int = opt(0, "forbid repeating any n-gram of this size (0 = off)", at_least=0)
     batch: int = opt(64, "videos decoded at once", at_least=1)
-    device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
+
+
+@dataclass
+class EvalConfig(Checked):
+    run_dir: str = opt(DEFAULT_RUN, "run folder with the checkpoint; captions and scores are written there",
+                       make="RUN")
+    features: str = opt(DEFAULT_FEATURES, "feature store holding the videos to caption", make="FEATURES")
+    references: str = opt("data/testing_label.json", "test captions to score against", make="TEST_LABELS")
+    checkpoint: str = opt("best.pt", "checkpoint file in the run folder")
+    train_labels: str = opt("", "training labels for the constant-caption baseline (default: the run's own)")
+    raw: str = opt(DEFAULT_RAW, "folder of the raw clips, for the report's GIFs (missing clips are noted)",
+                   make="RAW")
+    report_videos: int = opt(8, "test videos shown in the report", at_least=0)
+    beam: int = option_of(DecodeConfig, "beam")
+    length_penalty: float = option_of(DecodeConfig, "length_penalty")
+    block_ngram: int = option_of(DecodeConfig, "block_ngram")
+    batch: int = option_of(DecodeConfig, "batch")
+    device: str = option_of(ExtractConfig, "device")
+
+    def decoding(self) -> DecodeConfig:
+        """The decoding options of this evaluation."""
+        return DecodeConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DecodeConfig)})
 
 
 @dataclass
@@ -246,3 +236,40 @@ class SampleConfig(Checked):
                          "frames of a shorter clip, and encode each distinct frame once)", at_least=2)
     size: int = opt(112, "frame width and height in pixels", at_least=32)
     seed: int = opt(0, "seed for everything random", make="DEMO_SEED")
+
+
+@dataclass
+class EvalModeConfig(Checked):
+    """What `evaluate.py` does instead of evaluating a run; not part of the evaluation's config."""
+
+    predictions: str = opt("", "a video_id,caption file to score against --references")
+    out: str = opt("", "with --predictions: write the scores JSON here")
+    all: bool = opt(False, "caption every video in --features into RUN/captions_all.txt")
+
+
+@dataclass
+class CaptionConfig(Checked):
+    """`caption.py`: video files captioned straight from disk with a trained run."""
+
+    videos: list[str] = positional(f"video files ({', '.join(VIDEO_EXTENSIONS)})")
+    run_dir: str = opt(DEFAULT_RUN, "run folder", make="RUN")
+    checkpoint: str = option_of(EvalConfig, "checkpoint")
+    beam: int = option_of(DecodeConfig, "beam")
+    device: str = option_of(ExtractConfig, "device")
+    weights: str = opt("", "the weights file the run's features were made with, if it was a file")
+
+
+@dataclass
+class AttributesConfig(Checked):
+    """`python -m pipeline.attributes`: the colour, shape and motion a run's captions of the sample set name."""
+
+    captions: str = positional("the run's captions.txt (video_id,caption lines)")
+    attributes: str = positional("the sample set's attributes.json")
+    scores: str = opt("", "a scores.json to add the accuracies to")
+
+
+@dataclass
+class InspectConfig(Checked):
+    """`python -m pipeline.store`: how a feature store was made, and whether it is valid."""
+
+    path: str = positional("feature store (.h5)")

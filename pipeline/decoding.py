@@ -1,31 +1,23 @@
 """Caption decoding: frame features -> caption strings, the one path every caller uses.
 
-Reads nothing from disk; takes a trained `S2VT`, its `Vocab` and features
-`(N, F, D)`. `beam_search` decodes a whole batch of videos at once; beam size 1 is
-greedy decoding. Options: a length penalty (((5 + length) / 6) ** alpha, as in GNMT;
-0 ranks by plain log-probability) and an n-gram repeat block against S2VT's
-"a man is a a a a" loops (off by default). `caption_features` turns features into
-strings batch by batch: validation, `make eval`, `make captions` and `caption.py`
-all call it.
+Reads nothing from disk; takes a trained `S2VT`, its `Vocab`, features `(N, F, D)`
+and a `DecodeConfig` (`config.py`). `beam_search` decodes a whole batch of videos
+at once; beam size 1 is greedy decoding. Options: a length penalty
+(((5 + length) / 6) ** alpha, as in GNMT; 0 ranks by plain log-probability) and an
+n-gram repeat block against S2VT's "a man is a a a a" loops (off by default).
+`caption_features` turns features into strings `cfg.batch` videos at a time:
+validation (greedy), `make eval`, `make captions` and `caption.py` all call it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from tqdm import tqdm
 
-from .config import Checked, opt
+from .config import DecodeConfig
 from .model import S2VT
 from .precision import autocast
 from .vocab import Vocab
-
-
-@dataclass
-class DecodeConfig(Checked):
-    beam: int = opt(1, "beams per video; 1 is greedy", at_least=1, make="BEAM")
-    length_penalty: float = opt(0.0, "alpha in ((5 + length) / 6) ** alpha", at_least=0)
-    block_ngram: int = opt(0, "forbid repeating any n-gram of this size (0 = off)", at_least=0)
 
 
 def _banned_words(history: list[int], n: int) -> list[int]:
@@ -37,7 +29,7 @@ def _banned_words(history: list[int], n: int) -> list[int]:
 
 
 @torch.no_grad()
-def beam_search(model: S2VT, features: torch.Tensor, cfg: DecodeConfig = DecodeConfig()) -> list[list[int]]:
+def beam_search(model: S2VT, features: torch.Tensor, cfg: DecodeConfig) -> list[list[int]]:
     """The best caption of each video as token ids (up to and without <eos>); `model` in eval mode."""
     B, K, mc = features.shape[0], cfg.beam, model.cfg
     device = features.device
@@ -80,14 +72,16 @@ def _pick_best(history, scores, cfg: DecodeConfig, eos_id: int) -> list[list[int
 
 
 @torch.no_grad()
-def caption_features(model: S2VT, vocab: Vocab, features, device: torch.device,
-                     cfg: DecodeConfig = DecodeConfig(), batch: int = 64, precision: str = "fp32") -> list[str]:
-    """Captions of `features` `(N, F, D)` (a tensor, an array, or anything that slices into one),
-    decoded `batch` videos at a time on `device` at `precision`."""
+def caption_features(model: S2VT, vocab: Vocab, features, device: torch.device, cfg: DecodeConfig,
+                     precision: str = "fp32", progress: bool = False) -> list[str]:
+    """Captions of `features` `(N, F, D)` (a tensor, an array, or anything that slices into one, such as
+    features left in the store), decoded `cfg.batch` videos at a time on `device` at `precision`; with
+    `progress`, a bar counts the batches when there are several."""
     model.eval()
     captions = []
-    for i in range(0, len(features), batch):
-        chunk = torch.as_tensor(features[i:i + batch], dtype=torch.float32).to(device)  # (b, F, D)
+    starts = range(0, len(features), cfg.batch)
+    for i in tqdm(starts, desc="captions", unit="batch", disable=not progress or len(starts) <= 1):
+        chunk = torch.as_tensor(features[i:i + cfg.batch], dtype=torch.float32).to(device)  # (b, F, D)
         with autocast(device, precision):
             captions += [vocab.decode(tokens) for tokens in beam_search(model, chunk, cfg)]
     return captions

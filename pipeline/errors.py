@@ -6,7 +6,8 @@ stage raises its own subclass (`StoreError`, `CaptionError`, `CheckpointError`,
 `VideoError`, `WeightsError`, `ConfigError`, ...) with a message naming the file or
 option and what to do; every command line catches `PipelineError` alone, prints
 `error: <message>` and exits with status 2. Anything else is a bug and keeps its
-traceback.
+traceback. A stage that keeps its finished work through an interrupt (extraction,
+training) says so on Ctrl-C and exits with status 130.
 """
 
 from __future__ import annotations
@@ -23,10 +24,16 @@ class ConfigError(PipelineError, ValueError):
     """An option that is out of range, unknown, or does not fit this machine."""
 
 
-def run_command(work: Callable[[], int]) -> int:
-    """`work()`'s exit status; an expected failure is printed as one `error:` line and gives status 2."""
+def run_command(work: Callable[[], int], interrupted: str = "") -> int:
+    """`work()`'s exit status; an expected failure is printed as one `error:` line and gives status 2. With
+    `interrupted` (what an interrupt leaves, and what to do), Ctrl-C prints it and gives status 130."""
     try:
         return work()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if not interrupted:
+            raise
+        print(f"\ninterrupted: {interrupted}", file=sys.stderr)
+        return 130

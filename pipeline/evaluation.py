@@ -11,41 +11,34 @@ instead. Scoring a captions file on its own is `scoring`'s job; `evaluate.py
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from .labels import format_id_caption, load_captions
 from .vocab import Vocab
 from .checkpoint import CheckpointError, feature_problems, load_checkpoint, model_from_checkpoint
-from .config import (EvalConfig, add_config_arguments, atomic_write, config_from_args, ensure_writable_folder,
-                     print_config, resolve_device, write_json)
+from .config import EvalConfig, EvalModeConfig, parse_configs, print_config
 from .dataset import StoredFeatures, usable_ids
-from .decoding import DecodeConfig, caption_features
+from .decoding import caption_features
+from .devices import resolve_device
 from .errors import run_command
+from .files import atomic_write, ensure_writable_folder, write_json
+from .metrics import bleu1_per_video, score_captions
 from .report import write_report
-from .scoring import baseline_scores, format_scores, score_captions, score_file
+from .scoring import baseline_scores, format_scores, score_file
 from .store import FeatureStore
 
 if TYPE_CHECKING:
     from .model import S2VT
 
 
-def decode_config(cfg: EvalConfig) -> DecodeConfig:
-    return DecodeConfig(cfg.beam, cfg.length_penalty, cfg.block_ngram)
-
-
 def caption_videos(model: S2VT, vocab: Vocab, store: FeatureStore, ids: list[str], cfg: EvalConfig) -> dict[str, str]:
-    """`{video_id: caption}` for the stored videos `ids`, `cfg.batch` at a time, with a progress bar."""
+    """`{video_id: caption}` for the stored videos `ids`, read and decoded `cfg.batch` at a time, with a
+    progress bar."""
     device = resolve_device(cfg.device)
     model.to(device)
-    features = StoredFeatures(store, ids)
-    captions = []
-    for i in tqdm(range(0, len(ids), cfg.batch), desc="captions", unit="batch", disable=len(ids) <= cfg.batch):
-        captions += caption_features(model, vocab, features[i:i + cfg.batch], device, decode_config(cfg), cfg.batch)
+    captions = caption_features(model, vocab, StoredFeatures(store, ids), device, cfg.decoding(), progress=True)
     return dict(zip(ids, captions))
 
 
@@ -74,13 +67,14 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     captions = caption_videos(model, vocab, store, ids, cfg)
     write_captions(run / "captions.txt", captions)
     references = {vid: references[vid] for vid in ids}
-    scores = score_captions(captions, references)
+    per_video = bleu1_per_video(captions, references)  # the headline score's parts, and the report's ranking
+    scores = score_captions(captions, references, per_video=per_video)
     scores["baseline"] = baseline_scores(cfg.train_labels or checkpoint["train_config"]["labels"], references)
-    scores["decoding"] = asdict(decode_config(cfg))
+    scores["decoding"] = asdict(cfg.decoding())
     scores["checkpoint"] = {"file": str(run / cfg.checkpoint), "epoch": checkpoint["epoch"]}
     write_json(run / "scores.json", scores)
     write_json(run / "eval_config.json", asdict(cfg))
-    write_report(run, scores, captions, references, cfg.raw, cfg.report_videos)
+    write_report(run, scores, captions, references, per_video, cfg.raw, cfg.report_videos)
     return scores
 
 
@@ -95,30 +89,24 @@ def caption_all(cfg: EvalConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Caption the test videos with a trained run and score them (make eval); caption every "
-                    "video in the store (--all, make captions); or score a captions file with no model "
-                    "(--predictions P.txt --references R.json [--out scores.json]).")
-    parser.add_argument("--predictions", help="a video_id,caption file to score against --references")
-    parser.add_argument("--out", help="with --predictions: write the scores JSON here")
-    parser.add_argument("--all", action="store_true",
-                        help="caption every video in --features into RUN/captions_all.txt")
-    add_config_arguments(parser, EvalConfig)
-    args = parser.parse_args(argv)
-    cfg = config_from_args(EvalConfig, args, parser)
-    return run_command(lambda: _run(cfg, args))
+    mode, cfg = parse_configs("Caption the test videos with a trained run and score them (make eval); caption "
+                              "every video in the store (--all, make captions); or score a captions file with no "
+                              "model (--predictions P.txt --references R.json [--out scores.json]).", argv,
+                              EvalModeConfig, EvalConfig)
+    if not mode.predictions:  # scoring a file uses no run: only its scores are printed
+        print_config("evaluate", cfg)
+    return run_command(lambda: _run(mode, cfg))
 
 
-def _run(cfg: EvalConfig, args: argparse.Namespace) -> int:
-    if args.predictions:
-        scores = score_file(args.predictions, cfg.references)
+def _run(mode: EvalModeConfig, cfg: EvalConfig) -> int:
+    if mode.predictions:
+        scores = score_file(mode.predictions, cfg.references)
         print(format_scores(scores))
-        if args.out:
-            write_json(args.out, scores)
-            print(f"scores: {args.out}")
+        if mode.out:
+            write_json(mode.out, scores)
+            print(f"scores: {mode.out}")
         return 0
-    print_config("evaluate", cfg)
-    if args.all:
+    if mode.all:
         print(f"captions: {caption_all(cfg)}")
         return 0
     scores = evaluate_run(cfg)

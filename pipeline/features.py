@@ -7,7 +7,7 @@ each clip extracted with a warning). Incremental: a clip already in the store wi
 the same size and mtime (and every source attribute) is skipped, so a second run
 does only new or changed clips and retries the ones that failed. Clips are
 decoded, resized and cropped in threads while the backbone encodes the previous
-one, so on a CPU the run goes at about the backbone's own rate (`make bench`). On a
+one (`encoding.py`), so on a CPU the run goes at about the backbone's own rate (`make bench`). On a
 GPU a forward pass takes several clips' frames, and the previous pass is written
 while it runs.
 
@@ -23,14 +23,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
-import sys
 import time
 import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator
@@ -41,14 +38,16 @@ from tqdm import tqdm
 
 from . import distributed
 from .backbones import Backbone, load_backbone
-from .config import ExtractConfig, ensure_writable_folder, parse_config, resolve_device, write_json
+from .config import ExtractConfig, parse_config, print_config
+from .devices import resolve_device
 from .errors import ConfigError, PipelineError, run_command
+from .files import ensure_writable_folder, write_json
+from .encoding import encode_frames, frames_per_forward, prepare_clip
 from .precision import resolve_precision, runnable
-from .shards import merge_shards, shard_path
-from .store import SOURCE_KEYS, FeatureStore, StoreError, StoreSettings, writer_lock
+from .shards import merge_ranks, open_stores
+from .store import SOURCE_KEYS, FeatureStore, StoreSettings, writer_lock
 from .video import GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, nvdec_available, read_clip, resolve_decoder
 
-GEOMETRY_CHUNK = 8  # frames resized at once in a decoding thread
 # Devices whose forward passes take the frames of several clips at once while the previous pass's features are
 # copied out and written: a GPU would otherwise idle between one clip and the next. On a CPU the rate does not
 # grow with the batch, and each clip is written as soon as it is encoded.
@@ -101,17 +100,6 @@ def find_videos(raw: str | Path) -> tuple[list[Path], list[dict]]:
     return videos, unusable
 
 
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in ("torch", "torchvision", "h5py", "numpy", "opencv-python-headless", "decord",
-                 "efficientnet-lite-pytorch"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
 def store_settings(backbone: Backbone, cfg: ExtractConfig) -> StoreSettings:
     return StoreSettings(backbone=backbone.spec.name, layer=backbone.spec.layer,
                          feature_dim=backbone.spec.feature_dim, weights=backbone.weights,
@@ -134,40 +122,6 @@ class Prepared:
     source: dict  # the store's source attributes; size and mtime as they were before decoding
     frames: torch.Tensor  # (U, 3, crop, crop) uint8: the distinct sampled frames, resized and cropped
     inverse: np.ndarray  # (F,) row of `frames` for each sampled frame
-
-
-def frames_per_forward(batch: int, device: torch.device) -> int:
-    """`batch`, or for 0 the measured default: 16 frames on a CPU, 256 on a GPU (several clips' frames)."""
-    return batch if batch > 0 else (16 if device.type == "cpu" else 256)
-
-
-def prepare_clip(clip: Clip, backbone: Backbone) -> tuple[torch.Tensor, np.ndarray]:
-    """The clip's distinct frames resized and cropped `(U, 3, crop, crop)` on the backbone's device, and the
-    row of each sampled frame.
-
-    Frames are moved and resized a few at a time, so a large frame size never costs more than a few float
-    copies; on a GPU the resizing is done there, leaving the CPU cores to decoding."""
-    _, first, inverse = np.unique(clip.indices, return_index=True, return_inverse=True)
-    geometry, device = backbone.spec.preprocess.geometry, backbone.device
-    frames = torch.cat([geometry(torch.from_numpy(clip.frames[first[i:i + GEOMETRY_CHUNK]]).to(device)
-                                 .permute(0, 3, 1, 2)) for i in range(0, len(first), GEOMETRY_CHUNK)])
-    return frames, inverse  # (U, 3, crop, crop) uint8
-
-
-def encode_frames(backbone: Backbone, frames: torch.Tensor, batch: int) -> torch.Tensor:
-    """Features `(N, D)` float32, on the backbone's device, of cropped frames `(N, 3, crop, crop)`, `batch` per
-    forward pass."""
-    return torch.cat([backbone.encode_cropped(frames[i:i + batch]) for i in range(0, len(frames), batch)])
-
-
-def encode_prepared(backbone: Backbone, frames: torch.Tensor, inverse: np.ndarray, batch: int) -> np.ndarray:
-    """Features `(F, D)` float32: repeated frames were encoded once."""
-    return encode_frames(backbone, frames, batch).cpu().numpy()[inverse]  # (U, D) -> (F, D)
-
-
-def encode_clip(backbone: Backbone, clip: Clip, batch: int = 0) -> np.ndarray:
-    """Features `(F, D)` float32 of a clip's sampled frames, `batch` frames per forward (0: the default)."""
-    return encode_prepared(backbone, *prepare_clip(clip, backbone), frames_per_forward(batch, backbone.device))
 
 
 @dataclass
@@ -349,7 +303,7 @@ def _extract(cfg: ExtractConfig, world: distributed.World) -> Summary:
         distributed.barrier(world)
         videos, unusable = find_videos(cfg.raw)
         backbone = load_backbone(cfg.backbone, cfg.weights).place(device, precision)
-        main_store, store = _open_stores(cfg, store_settings(backbone, cfg), world)
+        main_store, store = open_stores(cfg.features, store_settings(backbone, cfg), world)
         known = main_store.sources()
         summary = Summary(precision=precision, decoder=resolve_decoder(cfg.decoder),
                           failed=unusable if world.is_main else [])
@@ -360,25 +314,9 @@ def _extract(cfg: ExtractConfig, world: distributed.World) -> Summary:
         summary.seconds = time.perf_counter() - start
         parts = distributed.gather((summary, stale), world)
         if world.is_main:
-            _merge_ranks(cfg, main_store, [v for _, part in parts for v in part], world)
+            merge_ranks(main_store, [v for _, part in parts for v in part], world)
         distributed.barrier(world)
     return _combined([s for s, _ in parts]) if world.distributed else summary
-
-
-def _open_stores(cfg: ExtractConfig, settings: StoreSettings, world: distributed.World
-                 ) -> tuple[FeatureStore, FeatureStore]:
-    """The store, and the one this rank writes (its shard under torchrun). Rank 0 first clears what
-    interrupted writes left and merges the shards a run that died left behind."""
-    versions = package_versions()
-    if world.is_main:
-        main_store = FeatureStore.open_or_create(cfg.features, settings, versions)
-        main_store.discard_incomplete()
-        merge_shards(main_store)
-    distributed.barrier(world)
-    main_store = FeatureStore.open_or_create(cfg.features, settings, versions)
-    if not world.distributed:
-        return main_store, main_store
-    return main_store, FeatureStore.open_or_create(shard_path(cfg.features, world.rank), settings, versions)
 
 
 def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, store: FeatureStore, known: dict,
@@ -417,17 +355,6 @@ def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, sto
     return stale
 
 
-def _merge_ranks(cfg: ExtractConfig, main_store: FeatureStore, stale: list[str], world: distributed.World) -> None:
-    """Rank 0, at the end: every rank's shard into the store, and stale entries out of it."""
-    unseen = [r for r in range(world.size) if world.distributed and not shard_path(cfg.features, r).is_file()]
-    if unseen:
-        raise StoreError(f"the shards of ranks {unseen} are not visible here: under torchrun on several "
-                         f"machines FEATURES must be on a filesystem they all share")
-    merge_shards(main_store)
-    for video_id in stale:
-        main_store.remove(video_id)
-
-
 def _combined(summaries: list[Summary]) -> Summary:
     """One summary of all ranks' (each rank saw the same skipped clips)."""
     return Summary(done=[v for s in summaries for v in s.done], skipped=summaries[0].skipped,
@@ -444,23 +371,17 @@ def _outputs(features: str) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    with distributed.rank0_prints():
-        return _main(argv)
-
-
-def _main(argv: list[str] | None) -> int:
-    cfg = parse_config(ExtractConfig, "extract_features",
-                       "Extract per-frame CNN features of every clip in a folder into an HDF5 store. "
-                       "Only clips that are new or changed since the last run are processed. Under "
-                       "torchrun the clips are split across the processes.", argv)
-    try:
-        return run_command(lambda: _run(cfg))
-    except KeyboardInterrupt:
-        print("\ninterrupted: every clip finished so far is in the store; run again to resume", file=sys.stderr)
-        return 130
+    with distributed.rank0_prints():  # under torchrun, rank 0 alone prints the config and the summary
+        cfg = parse_config(ExtractConfig, "Extract per-frame CNN features of every clip in a folder into an HDF5 "
+                           "store. Only clips that are new or changed since the last run are processed. Under "
+                           "torchrun the clips are split across the processes.", argv)
+        print_config("extract_features", cfg)
+        return run_command(lambda: _run(cfg),
+                           interrupted="every clip finished so far is in the store; run again to resume")
 
 
 def _run(cfg: ExtractConfig) -> int:
+    """Extract, write the summary files beside the store and print the summary; 1 if any clip failed."""
     summary = extract(cfg)
     config_path, failures_path = _outputs(cfg.features)
     if distributed.launched_rank() == 0:

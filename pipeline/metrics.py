@@ -49,13 +49,16 @@ def course_bleu1(predictions: dict[str, str], references: dict[str, list[str]]) 
     count in any single reference; the brevity penalty uses the reference length
     closest to the candidate's.
     """
-    per_video = bleu1_per_video(predictions, references)
-    return sum(per_video.values()) / len(per_video) if per_video else 0.0
+    return _mean(bleu1_per_video(predictions, references))
 
 
 def bleu1_per_video(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
     """The course BLEU-1 of each video's caption."""
     return {vid: _bleu1_one(caption, references[vid]) for vid, caption in predictions.items()}
+
+
+def _mean(per_video: dict[str, float]) -> float:
+    return sum(per_video.values()) / len(per_video) if per_video else 0.0
 
 
 @functools.lru_cache(maxsize=1)
@@ -120,8 +123,10 @@ def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> float:
     return float(Meteor().compute_score(gts, res)[0])  # the corpus-level score METEOR's jar reports
 
 
-def score_captions(predictions: dict[str, str], references: dict[str, list[str]],
-                   use_java: bool | None = None) -> dict:
-    """Every metric of `scores.json` for `predictions` against `references`."""
-    return {"mlds_bleu1": course_bleu1(predictions, references),
-            **coco_scores(predictions, references, use_java), "n_videos": len(predictions)}
+def score_captions(predictions: dict[str, str], references: dict[str, list[str]], use_java: bool | None = None,
+                   per_video: dict[str, float] | None = None) -> dict:
+    """Every metric of `scores.json` for `predictions` against `references`; `per_video` is their course
+    BLEU-1 per video (`bleu1_per_video`) where the caller has it already."""
+    per_video = bleu1_per_video(predictions, references) if per_video is None else per_video
+    return {"mlds_bleu1": _mean(per_video), **coco_scores(predictions, references, use_java),
+            "n_videos": len(predictions)}

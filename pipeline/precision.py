@@ -20,7 +20,9 @@ import torch
 
 from .errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what PRECISION may be for extraction
+# Training offers no fp16: float16 gradients underflow without a loss scaler, which the training step does not have.
+TRAINING_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # CPU flags of native bfloat16 arithmetic: x86's AVX512-BF16 and AMX, Arm's BF16 extension.
 BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}

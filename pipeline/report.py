@@ -1,6 +1,7 @@
 """The HTML report of an evaluation run: one file that opens offline.
 
-Takes the scores, captions and references of an evaluation; reads the run's plots
+Takes the scores, captions, references and per-video course BLEU-1 of an
+evaluation (computed once, by `evaluation.py`); reads the run's plots
 (`curves.png`, `schedule.png`) and, where they are found, the raw clips; writes
 `RUN/report.html`. Every image is embedded as a data URI: the scores table with the
 baseline, the training curves and the schedule, and for sampled test videos an
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .metrics import METRIC_KEYS, bleu1_per_video
+from .metrics import METRIC_KEYS
 from .video import VideoError, read_clip
 
 GIF_FRAMES = 16  # frames per GIF, spread over the clip
@@ -89,10 +90,11 @@ def spread_by_score(per_video: dict[str, float], n: int) -> list[str]:
 
 
 def write_report(run: str | Path, scores: dict, captions: dict[str, str], references: dict[str, list[str]],
-                 raw: str | Path | None, n_videos: int = 8) -> Path:
+                 per_video: dict[str, float], raw: str | Path | None, n_videos: int = 8) -> Path:
+    """`RUN/report.html` of `scores` and of `n_videos` of the `captions`, spread over their course BLEU-1
+    `per_video` (`metrics.bleu1_per_video`)."""
     run = Path(run)
     raw = Path(raw) if raw else None
-    per_video = bleu1_per_video(captions, references)
     chosen = spread_by_score(per_video, n_videos)
     sections = []
     for title, keep in (("Correct descriptions", lambda s: s >= CORRECT),

@@ -21,7 +21,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .config import SampleConfig, parse_config, write_json
+from .config import SampleConfig, parse_config, print_config
+from .errors import run_command
+from .files import write_json
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (235, 215, 40)}
 SHAPES = ("circle", "square", "triangle")
@@ -170,7 +172,12 @@ def _already_generated(root: Path, cfg: SampleConfig, out: dict[str, Path]) -> b
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(SampleConfig, "sample", "Generate the embedded sample dataset (make sample).", argv)
+    cfg = parse_config(SampleConfig, "Generate the embedded sample dataset (make sample).", argv)
+    print_config("sample", cfg)
+    return run_command(lambda: _run(cfg))
+
+
+def _run(cfg: SampleConfig) -> int:
     out = generate(cfg)
     print(f"clips: {out['raw']}\nlabels: {out['train']}, {out['test']}\nattributes: {out['attributes']}")
     return 0

@@ -23,21 +23,23 @@ What it guarantees, and how:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
 import os
+import platform
 import sys
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
+from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
 import h5py
 import numpy as np
 
-from .errors import PipelineError
+from .config import InspectConfig, parse_config
+from .errors import PipelineError, run_command
 
 FORMAT = "s2vt-features"
 FORMAT_VERSION = 1
@@ -71,6 +73,18 @@ class StoreSettings:
         names = only or tuple(f.name for f in fields(self))
         return [f"{name}: {getattr(self, name)!r} here, {getattr(other, name)!r} there"
                 for name in names if getattr(self, name) != getattr(other, name)]
+
+
+def package_versions() -> dict[str, str]:
+    """The versions of Python and of the packages that shape the features, recorded in a store made here."""
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "torchvision", "h5py", "numpy", "opencv-python-headless", "decord",
+                 "efficientnet-lite-pytorch"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 def _read_settings(f: h5py.File, path: Path) -> StoreSettings:
@@ -321,14 +335,13 @@ def _entry_problems(f: h5py.File, vid: str, expected: tuple[int, int], dtype: np
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.store FILE`: print how a store was made, and validate it."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("path", help="feature store (.h5)")
-    args = parser.parse_args(argv)
-    try:
-        store = FeatureStore(args.path)
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = parse_config(InspectConfig, main.__doc__, argv)
+    return run_command(lambda: _inspect(cfg.path))
+
+
+def _inspect(path: str) -> int:
+    """Print how the store at `path` was made and every problem in it; 1 if there are any."""
+    store = FeatureStore(path)
     for key, value in sorted(store.info.items()):
         print(f"{key:>14}: {value}")
     problems = store.validate()

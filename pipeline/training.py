@@ -15,7 +15,6 @@ import contextlib
 import csv
 import json
 import math
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,19 +30,22 @@ from .labels import load_captions
 from .vocab import Vocab
 from .checkpoint import (CheckpointError, Progress, build_checkpoint, check_resumable, load_checkpoint, restore,
                          save_checkpoint)
-from .config import TrainConfig, atomic_write, ensure_writable_folder, parse_config, resolve_device, write_json
+from .config import DecodeConfig, TrainConfig, parse_config, print_config
 from .dataset import CaptionSet, batches, build_set, epoch_captions, features_fit, split_ids, usable_ids
 from .decoding import caption_features
+from .devices import resolve_device
 from .errors import ConfigError, PipelineError, run_command
+from .files import atomic_write, ensure_writable_folder, write_json
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
 from .plots import plot_history
-from .precision import autocast, resolve_precision
+from .precision import TRAINING_PRECISIONS, autocast, resolve_precision
 from .store import FeatureStore
 from .train_step import TrainStep
 
 METRICS = ("epoch", "train_loss", "val_loss", "val_bleu", "teacher_forcing", "lr", "seconds")
 VALIDATION_CHUNK = 256  # videos read (from memory or the store) and captioned at a time in validation
+GREEDY = DecodeConfig(beam=1)  # validation scores greedy captions
 
 
 def train_one_epoch(step: TrainStep, data: CaptionSet, epoch: int, cfg: TrainConfig, teacher_forcing: float,
@@ -92,7 +94,7 @@ def validate(model: S2VT, data: CaptionSet, vocab: Vocab, device: torch.device, 
     mine, captions = torch.arange(len(data))[world.rank::world.size], {}
     for chunk in mine.split(VALIDATION_CHUNK):
         ids = [data.ids[i] for i in chunk.tolist()]
-        captions.update(zip(ids, caption_features(model, vocab, data.features[chunk], device, precision=precision)))
+        captions.update(zip(ids, caption_features(model, vocab, data.features[chunk], device, GREEDY, precision)))
     captions = {vid: caption for part in distributed.gather(captions, world) for vid, caption in part.items()}
     return {"val_loss": loss_sum / n_tokens, "val_bleu": course_bleu1(captions, data.references)}
 
@@ -179,7 +181,7 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
         raise ConfigError(f"the global batch size {cfg.batch_size} must divide by the number of processes "
                           f"{world.size}: pass a BATCH that does")
     run = ensure_writable_folder(cfg.run_dir, "RUN")
-    precision = resolve_precision(cfg.precision, device, allowed=("auto", "fp32", "bf16"), auto_bf16_on_cpu=False)
+    precision = resolve_precision(cfg.precision, device, TRAINING_PRECISIONS, auto_bf16_on_cpu=False)
     store, vocab, train_set, val_set = prepare(cfg, device, world.local_size)
     model, optimizer, scheduler = build(cfg, store, vocab, device)
     progress = resume(cfg, model, optimizer, scheduler, vocab, store, world)
@@ -264,23 +266,15 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def main(argv: list[str] | None = None) -> int:
+    with distributed.rank0_prints():  # under torchrun, rank 0 alone prints the config
+        cfg = parse_config(TrainConfig, "Train S2VT on stored features and captions. Running it again with the "
+                           "same --run-dir resumes from last.pt; a larger --epochs continues a finished run.", argv)
+        print_config("train", cfg)
+        return run_command(lambda: _run(cfg),
+                           interrupted=f"{cfg.run_dir}/last.pt holds the last finished epoch; run again to resume")
+
+
 def _run(cfg: TrainConfig) -> int:
     train(cfg)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    with distributed.rank0_prints():
-        return _main(argv)
-
-
-def _main(argv: list[str] | None) -> int:
-    cfg = parse_config(TrainConfig, "train",
-                       "Train S2VT on stored features and captions. Running it again with the same --run-dir "
-                       "resumes from last.pt; a larger --epochs continues a finished run.", argv)
-    try:
-        return run_command(lambda: _run(cfg))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {cfg.run_dir}/last.pt holds the last finished epoch; run again to resume",
-              file=sys.stderr)
-        return 130

@@ -10,7 +10,7 @@ from torchvision.models import VGG16_Weights
 from conftest import CLIPS_DIR
 from pipeline import backbones
 from pipeline.backbones import BACKBONES, WeightsError, get_spec, load_backbone
-from pipeline.features import encode_clip
+from pipeline.encoding import encode_clip
 from pipeline.video import read_clip
 
 

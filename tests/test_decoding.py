@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.decoding import DecodeConfig, _banned_words, beam_search, caption_features
+from pipeline.config import DecodeConfig
+from pipeline.decoding import _banned_words, beam_search, caption_features
 from pipeline.errors import ConfigError
 from pipeline.model import S2VT, DecoderState, S2VTConfig
 from pipeline.vocab import Vocab
+
+GREEDY = DecodeConfig(beam=1)
 
 
 def _model(eos_bias: float = 0.0, **kw) -> S2VT:
@@ -48,7 +51,7 @@ def test_beam_one_is_greedy(attention):
 def test_greedy_is_the_argmax_of_forward_over_its_own_words():
     model = _model()
     features = torch.randn(1, 5, 6)
-    tokens = (beam_search(model, features)[0] + [2])[:model.cfg.steps]  # <eos>, unless it ran to max_len
+    tokens = (beam_search(model, features, GREEDY)[0] + [2])[:model.cfg.steps]  # <eos>, unless it ran to max_len
     inputs = torch.tensor([[1] + tokens[:-1] + [0] * (model.cfg.steps - len(tokens))])
     with torch.no_grad():
         logits = model(features, inputs)
@@ -70,7 +73,7 @@ def test_decoding_stops_once_every_caption_has_ended(monkeypatch):
         return logits
 
     monkeypatch.setattr(DecoderState, "step_words", scripted)
-    assert beam_search(model, torch.randn(3, 5, 6)) == [[], [5], [5, 5]]
+    assert beam_search(model, torch.randn(3, 5, 6), GREEDY) == [[], [5], [5, 5]]
     assert len(fed) == 3, "decoding stops once every caption has ended"
     assert fed[0].tolist() == [1, 1, 1] and fed[2].tolist() == [0, 2, 5]
 
@@ -80,10 +83,11 @@ def test_caption_features_batches_and_decodes_to_strings():
     model = _model()
     vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "a", "dog", "runs", "cat", "sits"], 1)
     features = torch.randn(7, 5, 6)
-    expected = [vocab.decode(caption) for caption in beam_search(model, features)]
+    expected = [vocab.decode(caption) for caption in beam_search(model, features, GREEDY)]
     for batch in (1, 3, 64):
-        assert caption_features(model, vocab, features, torch.device("cpu"), batch=batch) == expected
-    assert caption_features(model, vocab, features.numpy(), torch.device("cpu")) == expected
+        assert caption_features(model, vocab, features, torch.device("cpu"), DecodeConfig(beam=1, batch=batch)) \
+            == expected
+    assert caption_features(model, vocab, features.numpy(), torch.device("cpu"), GREEDY) == expected
 
 
 def test_a_beam_below_one_is_refused():

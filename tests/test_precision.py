@@ -12,7 +12,8 @@ import torch
 from conftest import SMALL_CLIPS, copy_clips, lite_config
 from pipeline import precision as precision_module
 from pipeline.backbones import load_backbone
-from pipeline.features import encode_clip, extract
+from pipeline.encoding import encode_clip
+from pipeline.features import extract
 from pipeline.precision import resolve_precision, runnable
 from pipeline.store import FeatureStore, StoreError
 from pipeline.video import read_clip

@@ -23,8 +23,7 @@ import pytest
 
 from conftest import CLIPS_DIR, ROOT, SMALL_CLIPS, copy_clips
 from pipeline.config import TrainConfig
-from pipeline.features import package_versions
-from pipeline.store import FeatureStore, StoreSettings
+from pipeline.store import FeatureStore, StoreSettings, package_versions
 from pipeline.training import train
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

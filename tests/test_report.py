@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from conftest import SMALL_CLIPS, copy_clips
+from pipeline.metrics import bleu1_per_video
 from pipeline.report import gif_bytes, write_report
 
 
@@ -50,7 +51,7 @@ def test_every_image_exists_and_text_is_escaped(tmp_path):
     captions = {first: "a woman is mixing", second: "<script>alert('x')</script>", "../../etc/passwd": "a dog"}
     references = {first: ["A woman is mixing ingredients."], second: ["a man cuts shrimp"],
                   "../../etc/passwd": ["a dog runs"]}
-    report = write_report(run, SCORES, captions, references, raw)
+    report = write_report(run, SCORES, captions, references, bleu1_per_video(captions, references), raw)
     page = _parse(report)
     assert page.scripts == 0, "a caption must never become markup"
     text = report.read_text()

@@ -16,7 +16,7 @@ import torch
 from conftest import CLIPS_DIR, ROOT, run_script
 from pipeline.labels import load_captions
 from pipeline.vocab import tokenize
-from pipeline.config import ExtractConfig, TrainConfig
+from pipeline.config import DecodeConfig, ExtractConfig, TrainConfig
 from pipeline.features import extract
 from pipeline.schedule import inverse_sigmoid
 from pipeline.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
@@ -52,7 +52,7 @@ def test_model_learns_the_tiny_set(clip_features, tmp_path):
     model, vocab = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "last.pt"))
     store = FeatureStore(clip_features)
     ids = store.ids()
-    captions = caption_features(model, vocab, store.read_many(ids), torch.device("cpu"))
+    captions = caption_features(model, vocab, store.read_many(ids), torch.device("cpu"), DecodeConfig(beam=1))
     said = {vid: " ".join(tokenize(caps[0])) for vid, caps in load_captions(labels).items()}
     exact = [vid for vid, caption in zip(ids, captions) if said[vid] == caption]
     assert len(exact) == len(ids), f"only {len(exact)} of {len(ids)} captions are the one taught: {captions}"
