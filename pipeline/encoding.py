@@ -28,16 +28,17 @@ def frames_per_forward(batch: int, device: torch.device) -> int:
 
 
 def prepare_clip(clip: Clip, backbone: Backbone) -> tuple[torch.Tensor, np.ndarray]:
-    """The clip's distinct frames resized and cropped `(U, 3, crop, crop)` on the backbone's device, and the
-    row of each sampled frame.
+    """The clip's distinct frames resized and cropped `(U, 3, crop, crop)` uint8, and the row of each sampled
+    frame.
 
-    Frames are moved and resized a few at a time, so a large frame size never costs more than a few float
-    copies; on a GPU the resizing is done there, leaving the CPU cores to decoding."""
+    Resizing runs on the CPU whatever the backbone's device, so a store's crops are the same on every
+    machine (a GPU's float resize rounds otherwise); for a GPU they are pinned, to be copied while it works.
+    Frames are resized a few at a time, so a large frame size never costs more than a few float copies."""
     _, first, inverse = np.unique(clip.indices, return_index=True, return_inverse=True)
-    geometry, device = backbone.spec.preprocess.geometry, backbone.device
-    frames = torch.cat([geometry(torch.from_numpy(clip.frames[first[i:i + GEOMETRY_CHUNK]]).to(device)
-                                 .permute(0, 3, 1, 2)) for i in range(0, len(first), GEOMETRY_CHUNK)])
-    return frames, inverse  # (U, 3, crop, crop) uint8
+    geometry = backbone.spec.preprocess.geometry
+    frames = torch.cat([geometry(torch.from_numpy(clip.frames[first[i:i + GEOMETRY_CHUNK]]).permute(0, 3, 1, 2))
+                        for i in range(0, len(first), GEOMETRY_CHUNK)])  # (U, 3, crop, crop) uint8
+    return (frames.pin_memory() if backbone.device.type == "cuda" else frames), inverse
 
 
 def encode_frames(backbone: Backbone, frames: torch.Tensor, batch: int) -> torch.Tensor:

@@ -173,7 +173,7 @@ def _decoded(paths: list[Path], cfg: ExtractConfig, backbone: Backbone, pool: Th
 
 def _source_attrs(stat: os.stat_result, clip: Clip) -> dict:
     return {"source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns, "n_frames": clip.n_frames,
-            "fps": clip.fps, "indices": clip.indices, "decoder": clip.backend, "claimed_frames": clip.claimed_frames}
+            "fps": clip.fps, "indices": clip.indices, "decoder": clip.decoder, "claimed_frames": clip.claimed_frames}
 
 
 @dataclass
@@ -199,7 +199,8 @@ def _encode_pass(backbone: Backbone, clips: list[Decoded], batch: int) -> _Pass:
     """Queue one backbone pass over `clips`' frames and the copy of its features to the host; a GPU out of
     memory stops the run with the setting to lower."""
     try:
-        features = encode_frames(backbone, torch.cat([clip.prepared.frames for clip in clips]), batch)  # (N, D)
+        frames = torch.cat([clip.prepared.frames.to(backbone.device, non_blocking=True) for clip in clips])
+        features = encode_frames(backbone, frames, batch)  # (N, 3, crop, crop) -> (N, D)
     except torch.OutOfMemoryError:
         raise PipelineError(f"the GPU ran out of memory encoding {batch} frames at once: lower BATCH (frames per "
                             f"forward pass, e.g. BATCH={max(1, batch // 2)}); every clip finished before is in "
@@ -245,18 +246,20 @@ class _Passes:
 
     def _start(self) -> None:
         started, self.waiting = _encode_pass(self.backbone, self.waiting, self.batch), []
+        if not self.grouped:
+            self.write(started)
+            return
         self.salvage()
         self.in_flight = started
-        if not self.grouped:
-            self.salvage()
 
 
-def decode_workers(cfg: ExtractConfig, device: torch.device) -> int:
+def decode_workers(cfg: ExtractConfig, device: torch.device, processes_per_node: int = 1) -> int:
     """Decoding threads: as asked, or by default one beside a CPU backbone (which uses the other
-    cores) and one per core up to 16 feeding a GPU (which outruns one decoder many times over)."""
+    cores) and, feeding a GPU (which outruns one decoder many times over), one per core up to 16,
+    the cores shared by the node's processes under torchrun."""
     if cfg.workers > 0:
         return cfg.workers
-    return 1 if device.type == "cpu" else max(1, min(16, os.cpu_count() or 2))
+    return 1 if device.type == "cpu" else max(1, min(16, (os.cpu_count() or 2) // processes_per_node))
 
 
 def check_options(cfg: ExtractConfig) -> tuple[torch.device, str]:
@@ -324,9 +327,10 @@ def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, sto
     """Extract `todo` into `store`, recording each clip in `summary`; returns the ids whose stored
     features no longer describe their file (it changed, and now cannot be decoded)."""
     stale = []
-    workers, batch = decode_workers(cfg, backbone.device), frames_per_forward(cfg.batch, backbone.device)
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), unit="video", desc="features",
-                                                   disable=not todo or not world.is_main) as bar:
+    workers = decode_workers(cfg, backbone.device, world.local_size)
+    batch = frames_per_forward(cfg.batch, backbone.device)
+    progress = tqdm(total=len(todo), unit="video", desc="features", disable=not todo or not world.is_main)
+    with _one_thread_per_cpu_op(workers > 1), ThreadPoolExecutor(workers) as pool, progress as bar:
         def write(done: _Pass) -> None:
             for clip, features in done.per_clip():
                 store.write(clip.path.name, features, clip.prepared.source)
@@ -349,10 +353,24 @@ def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, sto
                     passes.add(clip)
             passes.finish()
         except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # clips not yet started are not decoded for nothing
             with contextlib.suppress(Exception):  # the error above is the one to report
                 passes.salvage()
             raise
     return stale
+
+
+@contextlib.contextmanager
+def _one_thread_per_cpu_op(enabled: bool):
+    """While several decoding threads resize frames at once (feeding a GPU), each of PyTorch's CPU operations
+    runs in one thread: a pool per thread per operation would put many times the cores' threads at work."""
+    before = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _combined(summaries: list[Summary]) -> Summary:

@@ -62,7 +62,7 @@ class Clip:
     indices: np.ndarray  # (n,) int64, frame numbers in the full sequential decode
     n_frames: int  # frames really decoded (the container's count can lie)
     fps: float
-    backend: str  # the decoder that decoded it
+    decoder: str  # the decoder that decoded it
     claimed_frames: int = 0  # the frame count the container claims (0: it claims none)
     note: str | None = None  # why it was not decoded by the decoder asked for (NVDEC fell back to the CPU)
 
@@ -293,12 +293,12 @@ def resolve_decoder(decoder: str) -> str:
     return DEFAULT_CPU_DECODER if decoder == "auto" else decoder
 
 
-def _open(path: Path, backend: str, gpu: int | None):
+def _open(path: Path, decoder: str, gpu: int | None):
     if not path.is_file():
         raise VideoError(path, "no such file")
     if path.stat().st_size == 0:
         raise VideoError(path, "empty file (0 bytes)")
-    return _NvdecReader(path, gpu) if backend == GPU_DECODER else _READERS[backend](path)
+    return _NvdecReader(path, gpu) if decoder == GPU_DECODER else _READERS[decoder](path)
 
 
 def _decode_pass(path: Path, reader, indices: np.ndarray | None):
@@ -323,10 +323,10 @@ def _decode_pass(path: Path, reader, indices: np.ndarray | None):
     return kept, n_decoded
 
 
-def read_clip(path: str | Path, n: int = 80, backend: str = "auto", device="cpu") -> Clip:
+def read_clip(path: str | Path, n: int = 80, decoder: str = "auto", device="cpu") -> Clip:
     """Decode `n` uniformly sampled frames of `path`, exact by construction.
 
-    `backend` is a name of `DECODERS` (`auto`: the default CPU decoder). `nvdec` decodes
+    `decoder` is a name of `DECODERS` (`auto`: the default CPU decoder). `nvdec` decodes
     on the CUDA device `device`, the clips in `NVDEC_CODECS`; the CPU decoder takes the
     others, and any clip NVDEC fails on, with the reason in `Clip.note`.
 
@@ -341,14 +341,14 @@ def read_clip(path: str | Path, n: int = 80, backend: str = "auto", device="cpu"
     if n < 1:
         raise ValueError(f"need at least one frame to sample, got n={n}")
     path = Path(path)
-    backend = resolve_decoder(backend)
+    decoder = resolve_decoder(decoder)
     gpu = torch.device(device).index  # None: the current CUDA device
-    if backend == GPU_DECODER and _codec(path) not in NVDEC_CODECS:
-        backend = DEFAULT_CPU_DECODER
-    if backend != GPU_DECODER:
-        return _sampled(path, n, backend, gpu)
+    if decoder == GPU_DECODER and _codec(path) not in NVDEC_CODECS:
+        decoder = DEFAULT_CPU_DECODER
+    if decoder != GPU_DECODER:
+        return _sampled(path, n, decoder, gpu)
     try:
-        return _sampled(path, n, backend, gpu)
+        return _sampled(path, n, decoder, gpu)
     except (NvdecError, VideoError) as exc:  # the CPU decoder judges the file: its error, if any, is the clip's
         clip = _sampled(path, n, DEFAULT_CPU_DECODER, gpu)
         clip.note = f"decoded on the CPU ({DEFAULT_CPU_DECODER}): {getattr(exc, 'cause', exc)}"
@@ -367,9 +367,9 @@ def _codec(path: Path) -> str | None:
         return None
 
 
-def _sampled(path: Path, n: int, backend: str, gpu: int | None) -> Clip:
+def _sampled(path: Path, n: int, decoder: str, gpu: int | None) -> Clip:
     """`read_clip` with one decoder."""
-    reader = _open(path, backend, gpu)  # its container's frame count picks the first pass's indices
+    reader = _open(path, decoder, gpu)  # its container's frame count picks the first pass's indices
     expected = claimed = reader.reported_frames
     fps = reader.fps
     decoded_before = expected == 0  # whether `expected` is a count a pass decoded, not the container's claim
@@ -379,7 +379,7 @@ def _sampled(path: Path, n: int, backend: str, gpu: int | None) -> Clip:
         if expected == 0:
             raise VideoError(path, "no decodable frames")
         indices = sample_indices(expected, n)
-        kept, n_decoded = _decode_pass(path, reader or _open(path, backend, gpu), indices)
+        kept, n_decoded = _decode_pass(path, reader or _open(path, decoder, gpu), indices)
         reader = None
         if n_decoded == expected or (decoded_before and n_decoded > expected):  # every sampled frame was kept
             break
@@ -387,10 +387,10 @@ def _sampled(path: Path, n: int, backend: str, gpu: int | None) -> Clip:
     else:
         raise VideoError(path, f"decodes to a different number of frames on each of {MAX_PASSES} reads")
     frames = np.stack([kept[i] for i in indices.tolist()])  # (n, H, W, 3)
-    return Clip(frames=frames, indices=indices, n_frames=expected, fps=fps, backend=backend, claimed_frames=claimed)
+    return Clip(frames=frames, indices=indices, n_frames=expected, fps=fps, decoder=decoder, claimed_frames=claimed)
 
 
-def read_frames(path: str | Path, n: int = 80, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def read_frames(path: str | Path, n: int = 80, decoder: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """The `n` sampled RGB frames `(n, H, W, 3)` uint8 of `path` and their indices."""
-    clip = read_clip(path, n, backend)
+    clip = read_clip(path, n, decoder)
     return clip.frames, clip.indices

@@ -60,7 +60,7 @@ def reference_digests(clip: Path, backend: str) -> list[str]:
 @pytest.mark.parametrize("clip", REAL_CLIPS)
 def test_sampled_frames_are_exactly_those_of_a_full_decode(clip, backend):
     reference = reference_digests(clip, backend)
-    frames, indices = read_frames(clip, 80, backend=backend)
+    frames, indices = read_frames(clip, 80, decoder=backend)
     assert frames.dtype == np.uint8 and frames.shape[0] == 80 and frames.shape[3] == 3
     assert indices.tolist() == sample_indices(len(reference), 80).tolist()
     for k, i in enumerate(indices):
@@ -74,7 +74,7 @@ def test_backends_agree_on_every_frame(clip):
 
 def test_auto_is_the_default_backend_and_recorded():
     clip = read_clip(SMALL_CLIPS[0], 8)
-    assert clip.backend == DEFAULT_CPU_DECODER
+    assert clip.decoder == DEFAULT_CPU_DECODER
     assert clip.n_frames == 210 and clip.fps == pytest.approx(29.92, abs=0.01)
 
 
@@ -82,7 +82,7 @@ def test_auto_is_the_default_backend_and_recorded():
 @pytest.mark.parametrize("n_frames,n", [(37, 80), (37, 10), (1, 4), (120, 120)])
 def test_lossless_clip_gives_the_frames_it_was_written_with(tmp_path, backend, n_frames, n):
     path = write_index_video(tmp_path / "index.avi", n_frames)
-    frames, indices = read_frames(path, n, backend=backend)
+    frames, indices = read_frames(path, n, decoder=backend)
     assert indices.tolist() == sample_indices(n_frames, n).tolist()
     for k, i in enumerate(indices):
         assert abs(float(frames[k].mean()) - (5 * i) % 256) < 1.0, f"frame {k} should be frame {i}"
@@ -164,19 +164,19 @@ def test_unreadable_input_raises_video_error_naming_the_file(tmp_path, backend, 
     path = tmp_path / "bad clip.avi"
     make_bad(path)
     with pytest.raises(VideoError) as info:
-        read_frames(path, 8, backend=backend)
+        read_frames(path, 8, decoder=backend)
     assert str(path) in str(info.value) and info.value.cause
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_missing_file_raises_video_error(tmp_path, backend):
     with pytest.raises(VideoError, match="no such file"):
-        read_frames(tmp_path / "nope.avi", 8, backend=backend)
+        read_frames(tmp_path / "nope.avi", 8, decoder=backend)
 
 
 def test_unknown_backend_is_a_value_error():
     with pytest.raises(ValueError, match="opencv"):
-        read_frames(SMALL_CLIPS[0], 8, backend="ffmpeg-magic")
+        read_frames(SMALL_CLIPS[0], 8, decoder="ffmpeg-magic")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -184,7 +184,7 @@ def test_memory_holds_only_the_sampled_frames(tmp_path, backend):
     frame_bytes = 320 * 240 * 3
     path = write_index_video(tmp_path / "long.avi", 600, size=(320, 240))
     tracemalloc.start()
-    read_frames(path, 8, backend=backend)
+    read_frames(path, 8, decoder=backend)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 40 * frame_bytes, f"peak {peak / frame_bytes:.0f} frames for 8 sampled of 600"
@@ -248,7 +248,7 @@ def test_a_clip_nvdec_cannot_decode_is_decoded_on_the_cpu_saying_why(monkeypatch
     monkeypatch.setattr(video, "_NvdecReader", fake)
     clip = read_clip(SMALL_CLIPS[0], 16, "nvdec", "cuda:0")
     reference = read_clip(SMALL_CLIPS[0], 16, DEFAULT_CPU_DECODER)
-    assert clip.backend == DEFAULT_CPU_DECODER and clip.note == f"decoded on the CPU ({DEFAULT_CPU_DECODER}): " \
+    assert clip.decoder == DEFAULT_CPU_DECODER and clip.note == f"decoded on the CPU ({DEFAULT_CPU_DECODER}): " \
                                                                 f"{fake.reason}"
     assert np.array_equal(clip.frames, reference.frames) and clip.indices.tolist() == reference.indices.tolist()
 
@@ -273,7 +273,7 @@ def test_codecs_whose_decoding_is_not_exact_by_their_standard_never_go_to_nvdec(
     monkeypatch.setattr(video, "_NvdecReader", lambda path, gpu: asked.append(path))
     path = write_index_video(tmp_path / "ffv1.avi", 20)  # FFV1, like MJPEG, is not in NVDEC_CODECS
     clip = read_clip(path, 4, "nvdec", "cuda:0")
-    assert not asked and clip.backend == DEFAULT_CPU_DECODER and clip.note is None
+    assert not asked and clip.decoder == DEFAULT_CPU_DECODER and clip.note is None
 
 
 @pytest.mark.parametrize("backend", ["pyav", "opencv"])  # decord claims the frames it indexed: the cut ones
