@@ -330,7 +330,8 @@ def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, sto
     workers = decode_workers(cfg, backbone.device, world.local_size)
     batch = frames_per_forward(cfg.batch, backbone.device)
     progress = tqdm(total=len(todo), unit="video", desc="features", disable=not todo or not world.is_main)
-    with _one_thread_per_cpu_op(workers > 1), ThreadPoolExecutor(workers) as pool, progress as bar:
+    feeding_a_gpu = backbone.device.type in GROUPED_DEVICES and workers > 1  # a CPU backbone keeps its threads
+    with _one_thread_per_cpu_op(feeding_a_gpu), ThreadPoolExecutor(workers) as pool, progress as bar:
         def write(done: _Pass) -> None:
             for clip, features in done.per_clip():
                 store.write(clip.path.name, features, clip.prepared.source)

@@ -258,3 +258,24 @@ def test_the_summary_names_the_decoder(tmp_path):
 
     summary = extract(_config(copy_clips(SMALL_CLIPS[:1], tmp_path / "raw"), tmp_path / "f.h5"))
     assert summary.decoder == DEFAULT_CPU_DECODER and f"decoded by {DEFAULT_CPU_DECODER})" in summary.line()
+
+
+def test_only_a_gpus_decoding_threads_run_pytorch_single_threaded(tmp_path, monkeypatch):
+    """Feeding a GPU, sixteen decoding threads resize at once: one PyTorch thread per operation, the setting
+    put back after. A CPU backbone keeps its threads, whatever the number of decoding threads."""
+    import torch
+    from pipeline import features
+
+    seen = []
+    real = features.encode_frames
+
+    def counted(backbone, frames, batch):
+        seen.append(torch.get_num_threads())
+        return real(backbone, frames, batch)
+    monkeypatch.setattr(features, "encode_frames", counted)
+    before = torch.get_num_threads()
+    raw = copy_clips(SMALL_CLIPS[:1], tmp_path / "raw")
+    extract(_config(raw, tmp_path / "cpu.h5", workers=3))
+    monkeypatch.setattr(features, "GROUPED_DEVICES", ("cuda", "cpu"))  # the CPU taken for a GPU
+    extract(_config(raw, tmp_path / "gpu.h5", workers=3))
+    assert seen == [before, 1] and torch.get_num_threads() == before
