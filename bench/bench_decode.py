@@ -14,7 +14,6 @@ NVDEC `auto`'s choice there if it were above 1.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_extract import DEFAULT_CLIPS  # noqa: E402
+from bench_extract import DEFAULT_CLIPS, clip_bench_arguments  # noqa: E402
 from timing import alternate, timed  # noqa: E402
 
 from pipeline.config import ExtractConfig  # noqa: E402
@@ -91,11 +90,7 @@ def run(clips_dir: Path = DEFAULT_CLIPS, repeats: int = 3, device: str = "auto",
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips", type=Path, default=DEFAULT_CLIPS)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
+    args = clip_bench_arguments(__doc__)
     for key, value in run(args.clips, args.repeats, args.device).items():
         print(f"  {key:>16}: {value:.1f}" if isinstance(value, float) else f"  {key:>16}: {value}")
 

@@ -204,12 +204,18 @@ def run(clips_dir: Path = DEFAULT_CLIPS, repeats: int = 3, device: str = "auto",
     return {"extract": extract_result, "precision": precision_result, "device": str(target)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def clip_bench_arguments(doc: str) -> argparse.Namespace:
+    """The command line of a benchmark over clips (`--clips`, `--repeats`, `--device`), described by the first
+    paragraph of its docstring `doc`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--clips", type=Path, default=DEFAULT_CLIPS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = clip_bench_arguments(__doc__)
     result = run(args.clips, args.repeats, args.device)
     for name, r in result["extract"].items():
         print(f"{name}: backbone {r['backbone_fps']:.1f} frames/s, pipeline {r['pipeline_fps']:.1f} frames/s, "
