@@ -3,11 +3,14 @@ project's shared data when it lies beside the repository, generated videos, and 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -120,6 +123,18 @@ def write_h264_clip(path: Path, n_frames: int, size: tuple[int, int] = (128, 96)
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def run_main(main: Callable[[list[str]], int], *args: str) -> subprocess.CompletedProcess:
+    """A stage's command line run in this process (as its script would run it, without the second or two a new
+    interpreter takes to import PyTorch): its exit status, standard output and standard error."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(list(args))
+        except SystemExit as exc:  # argparse's own refusals and --help
+            status = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), status, out.getvalue(), err.getvalue())
 
 
 def run_script(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (CLIPS_DIR, ROOT, SMALL_CLIPS, STORE_SETTINGS, copy_clips, lite_config, run_script,
+from conftest import (CLIPS_DIR, ROOT, SMALL_CLIPS, STORE_SETTINGS, copy_clips, lite_config, run_main, run_script,
                       source_attrs, write_index_video)
+from pipeline import caption_files, evaluation, features, training
 from pipeline import store as store_module
 from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.checkpoint import load_checkpoint
@@ -277,8 +278,8 @@ def test_misplaced_paths_get_messages_that_say_what_is_wrong(tmp_path, where, me
     variables = {"RAW": str(raw), "FEATURES": str(tmp_path / "f.h5")}
     name, value = where.split("=")
     variables[name] = {"file": str(SMALL_CLIPS[0]), "folder": str(tmp_path)}.get(value, value)
-    proc = subprocess.run(["make", "-s", "features", "BACKBONE=efficientnet_lite0", "WEIGHTS=random", "FRAMES=4",
-                           *[f"{k}={v}" for k, v in variables.items()]], cwd=ROOT, capture_output=True, text=True)
+    proc = run_main(features.main, "--backbone", "efficientnet_lite0", "--weights", "random", "--frames", "4",
+                    "--raw", variables["RAW"], "--features", variables["FEATURES"])
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -336,8 +337,8 @@ def test_outputs_that_cannot_be_written_are_named(tmp_path, clip_features, tiny_
     (["--dropout", "-0.1"], "--dropout must be at least 0, not -0.1"),
 ])
 def test_numeric_training_options_are_checked_where_parsed(tmp_path, clip_features, args, message):
-    proc = run_script("train.py", "--features", str(clip_features), "--labels", str(CLIPS_DIR / "labels.json"),
-                      "--run-dir", str(tmp_path / "run"), *args)
+    proc = run_main(training.main, "--features", str(clip_features), "--labels", str(CLIPS_DIR / "labels.json"),
+                    "--run-dir", str(tmp_path / "run"), *args)
     assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "run").exists(), proc.stderr
     with pytest.raises(ConfigError, match=message.split(" (")[0]):
         TrainConfig(**{args[0][2:].replace("-", "_"): type(getattr(TrainConfig(), args[0][2:].replace("-", "_")))(
@@ -345,9 +346,9 @@ def test_numeric_training_options_are_checked_where_parsed(tmp_path, clip_featur
 
 
 @pytest.mark.parametrize("command", [
-    ["evaluate.py", "--beam", "0"], ["evaluate.py", "--beam", "-1"], ["caption.py", "x.avi", "--beam", "0"]])
+    ["evaluate", "--beam", "0"], ["evaluate", "--beam", "-1"], ["caption", "x.avi", "--beam", "0"]])
 def test_a_beam_below_one_is_an_error_line(command):
-    proc = run_script(*command)
+    proc = run_main({"evaluate": evaluation.main, "caption": caption_files.main}[command[0]], *command[1:])
     assert proc.returncode == 2 and "--beam" in proc.stderr and "at least 1" in proc.stderr
     assert "Traceback" not in proc.stderr
 
