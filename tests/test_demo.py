@@ -7,7 +7,8 @@ import json
 import shutil
 import subprocess
 
-from conftest import CLIPS_DIR, ROOT, SMALL_CLIPS, copy_clips, run_make, run_script, write_index_video
+from conftest import CLIPS_DIR, ROOT, SMALL_CLIPS, copy_clips, run_main, run_make, run_script, write_index_video
+from pipeline import caption_files
 from pipeline.config import TrainConfig
 from pipeline.labels import load_captions
 from pipeline.training import train
@@ -74,7 +75,7 @@ def test_caption_py_on_files_with_a_bad_one(tiny_run, clip_features, tmp_path):
 def test_caption_py_refuses_two_files_giving_one_video_id(tiny_run, tmp_path):
     first, second = copy_clips(SMALL_CLIPS[:1], tmp_path / "a"), copy_clips(SMALL_CLIPS[:1], tmp_path / "b")
     name = SMALL_CLIPS[0].name
-    proc = run_script("caption.py", str(first / name), str(second / name), "--run-dir", str(tiny_run))
+    proc = run_main(caption_files.main, str(first / name), str(second / name), "--run-dir", str(tiny_run))
     assert proc.returncode == 2 and f"{name!r} by {first / name}, {second / name}" in proc.stderr
     assert proc.stdout == ""
 

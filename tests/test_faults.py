@@ -219,17 +219,17 @@ def test_every_stage_reports_a_damaged_store_as_an_error_line(tmp_path, tiny_run
     for node in [i for i in range(len(data)) if data.startswith(b"SNOD", i)]:  # the nodes that list the videos
         data[node:node + 64] = np.random.default_rng(node).bytes(64)
     path.write_bytes(bytes(data))
-    commands = [("-m", "pipeline.store", str(path)),
-                ("extract_features.py", "--raw", str(raw), "--features", str(path), "--backbone",
-                 "efficientnet_lite0", "--frames", "16", "--precision", "fp32"),
-                ("train.py", "--features", str(path), "--labels", str(CLIPS_DIR / "labels.json"), "--run-dir",
+    commands = [(store_module.main, str(path)),
+                (features.main, "--raw", str(raw), "--features", str(path), "--backbone", "efficientnet_lite0",
+                 "--frames", "16", "--precision", "fp32"),
+                (training.main, "--features", str(path), "--labels", str(CLIPS_DIR / "labels.json"), "--run-dir",
                  str(tmp_path / "run"), "--epochs", "1", "--hidden", "16", "--embed", "16"),
-                ("evaluate.py", "--run-dir", str(tiny_run), "--features", str(path), "--references",
+                (evaluation.main, "--run-dir", str(tiny_run), "--features", str(path), "--references",
                  str(CLIPS_DIR / "labels.json"))]
-    for command in commands:
-        proc = run_script(*command)
-        assert "Traceback" not in proc.stderr, f"{command[0]}: {proc.stderr[-1500:]}"
-        assert proc.returncode in (1, 2) and str(path) in proc.stdout + proc.stderr, command[0]
+    for main, *args in commands:
+        proc = run_main(main, *args)
+        assert "Traceback" not in proc.stderr, f"{main.__module__}: {proc.stderr[-1500:]}"
+        assert proc.returncode in (1, 2) and str(path) in proc.stdout + proc.stderr, main.__module__
 
 
 # -- inputs ---------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SMALL_CLIPS, copy_clips, lite_config, run_script
+from conftest import ROOT, SMALL_CLIPS, copy_clips, lite_config, run_main, run_script
 from pipeline.config import ExtractConfig
 from pipeline.features import extract, main
 from pipeline.store import FeatureStore
@@ -177,7 +177,7 @@ def test_killed_run_leaves_a_valid_store_and_resumes(tmp_path, sig):
 
 
 def test_cli_help_lists_every_option():
-    out = run_script("extract_features.py", "--help", check=True).stdout
+    out = run_main(main, "--help").stdout
     for option in ("--raw", "--features", "--backbone", "--frames", "--weights", "--device", "--batch",
                    "--decoder", "--dtype"):
         assert option in out

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CLIPS_DIR, ROOT, run_script
+from conftest import CLIPS_DIR, ROOT, run_main, run_script
 from pipeline.labels import load_captions
 from pipeline.vocab import tokenize
 from pipeline.config import DecodeConfig, ExtractConfig, TrainConfig
@@ -21,6 +21,7 @@ from pipeline.features import extract
 from pipeline.schedule import inverse_sigmoid
 from pipeline.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from pipeline.decoding import caption_features
+from pipeline.training import main as training_main
 from pipeline.training import train
 from pipeline.store import FeatureStore
 
@@ -171,7 +172,7 @@ def test_make_train_end_to_end(clip_features, tmp_path):
 
 
 def test_train_help_lists_every_option_with_its_default_and_make_variable():
-    out = " ".join(run_script("train.py", "--help", check=True).stdout.split())
+    out = " ".join(run_main(training_main, "--help").stdout.split())
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         assert flag in out, flag
