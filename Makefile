@@ -13,10 +13,14 @@ PRECISION ?= auto
 BENCH_ARGS ?=
 NPROC    ?= 1
 LABELS   ?= data/training_label.json
+SPLIT    ?=
+VAL_LABELS ?=
+VAL_SPLIT ?=
 RUN      ?= runs/s2vt
 EPOCHS   ?= 100
 TRAIN_ARGS ?=
 TEST_LABELS ?= data/testing_label.json
+TEST_SPLIT ?=
 BEAM     ?= 5
 EVAL_ARGS ?=
 DEMO_SEED ?= 0
@@ -43,8 +47,9 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "Variables: RAW=$(RAW) BACKBONE=$(BACKBONE) FRAMES=$(FRAMES) FEATURES=$(FEATURES)"
 	@echo "           WEIGHTS=$(WEIGHTS) DEVICE=$(DEVICE) BATCH=$(BATCH) DECODER=$(DECODER) PRECISION=$(PRECISION)"
-	@echo "           LABELS=$(LABELS) RUN=$(RUN) EPOCHS=$(EPOCHS) TRAIN_ARGS=$(TRAIN_ARGS) NPROC=$(NPROC)"
-	@echo "           TEST_LABELS=$(TEST_LABELS) BEAM=$(BEAM) EVAL_ARGS=$(EVAL_ARGS) VIDEO=$(VIDEO)"
+	@echo "           LABELS=$(LABELS) SPLIT=$(SPLIT) VAL_LABELS=$(VAL_LABELS) VAL_SPLIT=$(VAL_SPLIT)"
+	@echo "           RUN=$(RUN) EPOCHS=$(EPOCHS) TRAIN_ARGS=$(TRAIN_ARGS) NPROC=$(NPROC)"
+	@echo "           TEST_LABELS=$(TEST_LABELS) TEST_SPLIT=$(TEST_SPLIT) BEAM=$(BEAM) EVAL_ARGS=$(EVAL_ARGS) VIDEO=$(VIDEO)"
 	@echo "           DEMO_SEED=$(DEMO_SEED) SAMPLE=$(SAMPLE) DEMO_RUN=$(DEMO_RUN) DEMO_CLIPS=$(DEMO_CLIPS) DEMO_FRAMES=$(DEMO_FRAMES) DEMO_EPOCHS=$(DEMO_EPOCHS)"
 
 setup: $(STAMP) ## create .venv and install the project with its test extras (no-op when up to date)
@@ -68,11 +73,12 @@ features: setup ## extract CNN features of every new or changed clip in RAW into
 
 train: setup ## train S2VT on FEATURES + LABELS into RUN (resumes RUN/last.pt; TRAIN_ARGS for more options)
 	$(LAUNCH) train.py --features $(FEATURES) --labels $(LABELS) --run-dir $(RUN) --epochs $(EPOCHS) \
-		--device $(DEVICE) $(if $(BATCH),--batch-size $(BATCH)) $(TRAIN_ARGS)
+		--device $(DEVICE) $(if $(BATCH),--batch-size $(BATCH)) $(if $(SPLIT),--split $(SPLIT)) \
+		$(if $(VAL_LABELS),--val-labels $(VAL_LABELS)) $(if $(VAL_SPLIT),--val-split $(VAL_SPLIT)) $(TRAIN_ARGS)
 
 eval: setup ## caption the test videos with RUN/best.pt, score them against TEST_LABELS, write RUN/scores.json and RUN/report.html
 	$(PY) evaluate.py --run-dir $(RUN) --features $(FEATURES) --references $(TEST_LABELS) --beam $(BEAM) \
-		--raw $(RAW) --device $(DEVICE) $(EVAL_ARGS)
+		--raw $(RAW) --device $(DEVICE) $(if $(TEST_SPLIT),--references-split $(TEST_SPLIT)) $(EVAL_ARGS)
 
 captions: setup ## caption every video in FEATURES with RUN/best.pt into RUN/captions_all.txt
 	$(PY) evaluate.py --all --run-dir $(RUN) --features $(FEATURES) --beam $(BEAM) --device $(DEVICE) $(EVAL_ARGS)

@@ -11,6 +11,7 @@ restored into a model, an optimizer and the random state.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from .store import FeatureStore, StoreSettings
 FEATURE_KEYS = ("backbone", "layer", "feature_dim", "frames", "weights", "preprocessing")
 # Config fields that shape the model, its vocabulary or the data split: a run cannot resume with others.
 FIXED_FIELDS = ("hidden", "embed", "attention", "bidirectional", "motion", "max_len", "min_count", "seed",
-                "val_fraction")
+                "val_fraction", "split", "val_split")
 # 2: the second LSTM's input weights in one module per part (decoder, word_in, context_in); 1 had one matrix.
 LAYOUT = 2
 
@@ -87,10 +88,16 @@ def feature_problems(checkpoint: dict, store: FeatureStore) -> list[str]:
     return [f"features {line}" for line in trained_on.differences(store.settings, only=FEATURE_KEYS)]
 
 
+def _default(field: str):
+    """A `TrainConfig` field's default: what a run made before the field existed was made with."""
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == field)
+
+
 def check_resumable(checkpoint: dict, cfg: TrainConfig, vocab: Vocab, store: FeatureStore, path: Path) -> None:
     """Refuse a checkpoint made for other features, another vocabulary or another model shape."""
-    problems = [f"{f}: checkpoint has {checkpoint['train_config'][f]!r}, asked for {getattr(cfg, f)!r}"
-                for f in FIXED_FIELDS if checkpoint["train_config"][f] != getattr(cfg, f)]
+    made_with = {f: checkpoint["train_config"].get(f, _default(f)) for f in FIXED_FIELDS}  # older runs lack some
+    problems = [f"{f}: checkpoint has {made_with[f]!r}, asked for {getattr(cfg, f)!r}"
+                for f in FIXED_FIELDS if made_with[f] != getattr(cfg, f)]
     problems += feature_problems(checkpoint, store)
     if checkpoint["vocab"]["words"] != vocab.words:
         problems.append(f"vocabulary: checkpoint has {len(checkpoint['vocab']['words'])} words, the labels "

@@ -154,8 +154,15 @@ class ExtractConfig(Checked):
 @dataclass
 class TrainConfig(Checked):
     features: str = opt(DEFAULT_FEATURES, "feature store made by `make features`", make="FEATURES")
-    labels: str = opt("data/training_label.json", "training captions (MLDS JSON, CSV, MSR-VDC CSV or MSVD split)",
+    labels: str = opt("data/training_label.json", "training captions: MLDS, MSR-VTT or VATEX JSON, a "
+                                                  "video_id,caption or MSR-VDC CSV, or the MSVD standard split",
                       make="LABELS")
+    split: str = opt("", "the split of LABELS to train on where it holds several (MSR-VTT: train; MSVD standard: "
+                         "train)", make="SPLIT")
+    val_labels: str = opt("", "captions to validate on, a benchmark's own validation split (with VAL_SPLIT alone: "
+                              "LABELS); either replaces the random --val-fraction", make="VAL_LABELS")
+    val_split: str = opt("", "the split of VAL_LABELS (or LABELS) to validate on (MSR-VTT: validate; MSVD "
+                             "standard: val)", make="VAL_SPLIT")
     run_dir: str = opt(DEFAULT_RUN, "run folder: checkpoints, metrics.csv, plots, config.json", make="RUN")
     epochs: int = opt(100, "total epochs; a finished run called with more continues to the new count", at_least=1,
                       make="EPOCHS")
@@ -209,8 +216,11 @@ class EvalConfig(Checked):
                        make="RUN")
     features: str = opt(DEFAULT_FEATURES, "feature store holding the videos to caption", make="FEATURES")
     references: str = opt("data/testing_label.json", "test captions to score against", make="TEST_LABELS")
+    references_split: str = opt("", "the split of TEST_LABELS to score on where it holds several (MSR-VTT, MSVD "
+                                    "standard: test)", make="TEST_SPLIT")
     checkpoint: str = opt("best.pt", "checkpoint file in the run folder")
-    train_labels: str = opt("", "training labels for the constant-caption baseline (default: the run's own)")
+    train_labels: str = opt("", "training labels for the constant-caption baseline (default: the run's own, and "
+                                "its split)")
     raw: str = opt(DEFAULT_RAW, "folder of the raw clips, for the report's GIFs (missing clips are noted)",
                    make="RAW")
     report_videos: int = opt(8, "test videos shown in the report", at_least=0)

@@ -62,14 +62,16 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     """Caption the test videos with the run's checkpoint, score them and the baseline."""
     checkpoint, model, vocab, store = load_run(cfg)
     run = ensure_writable_folder(cfg.run_dir, "RUN")
-    references = load_captions(cfg.references)
+    references = load_captions(cfg.references, cfg.references_split)
     ids = usable_ids(references, store, cfg.references)
     captions = caption_videos(model, vocab, store, ids, cfg)
     write_captions(run / "captions.txt", captions)
     references = {vid: references[vid] for vid in ids}
     per_video = bleu1_per_video(captions, references)  # the headline score's parts, and the report's ranking
     scores = score_captions(captions, references, per_video=per_video)
-    scores["baseline"] = baseline_scores(cfg.train_labels or checkpoint["train_config"]["labels"], references)
+    trained_on = checkpoint["train_config"]  # the run's training captions, and their split (none before splits)
+    labels = (cfg.train_labels, "") if cfg.train_labels else (trained_on["labels"], trained_on.get("split", ""))
+    scores["baseline"] = baseline_scores(*labels, references)
     scores["decoding"] = asdict(cfg.decoding())
     scores["checkpoint"] = {"file": str(run / cfg.checkpoint), "epoch": checkpoint["epoch"]}
     write_json(run / "scores.json", scores)
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(mode: EvalModeConfig, cfg: EvalConfig) -> int:
     if mode.predictions:
-        scores = score_file(mode.predictions, cfg.references)
+        scores = score_file(mode.predictions, cfg.references, cfg.references_split)
         print(format_scores(scores))
         if mode.out:
             write_json(mode.out, scores)

@@ -1,10 +1,16 @@
-"""Reads caption label files into `{video_id: [caption, ...]}` in any of four formats.
+"""Reads caption label files into `{video_id: [caption, ...]}` in any of the benchmarks' formats.
 
-Reads MLDS JSON (`[{"id": "x.avi", "caption": [...]}]`, the native format), a
-`video_id,caption` CSV (one caption a line; the seed's output format too), the MSR
-Video Description Corpus CSV (English rows; id `VideoID_Start_End.avi`), and the
-MSVD standard split (`vidN<TAB>caption` files beside
-`youtube_video_to_id_mapping.txt`). `load_captions` picks the loader from the file.
+Reads MLDS JSON (`[{"id": "x.avi", "caption": [...]}]`, the native format),
+MSR-VTT's JSON as downloaded (`train_val_videodatainfo.json`,
+`test_videodatainfo.json`: `videos` with their split, `sentences`; id
+`video_id.mp4`), VATEX's JSON (`[{"videoID": ..., "enCap": [...]}]`; id
+`videoID.mp4`), a `video_id,caption` CSV (one caption a line; the seed's output
+format too), the MSR Video Description Corpus CSV (English rows; id
+`VideoID_Start_End.avi`), and the MSVD standard split (`vidN<TAB>caption` files
+beside `youtube_video_to_id_mapping.txt`). `load_captions` picks the loader from
+the file, and a split by its name where the data holds several: MSR-VTT's `train`,
+`validate`, `test`; MSVD's `train`, `val`, `test` (the file of that name beside the
+one given, the mapping or their folder).
 Files may start with a UTF-8 byte-order mark. In a `video_id,caption` line an id
 holding a comma or a double quote is written quoted, CSV-style (`"a,b.avi",a dog`,
 quotes doubled inside), and read back the same way; the caption is the rest of the
@@ -18,6 +24,7 @@ import io
 import json
 import re
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -26,6 +33,11 @@ from .video import VIDEO_EXTENSIONS
 from .vocab import tokenize
 
 MSVD_MAPPING = "youtube_video_to_id_mapping.txt"
+MSVD_SPLIT_FILE = "sents_{split}_lc_nopunc.txt"
+MSVD_SPLITS = ("train", "val", "test")
+FORMATS = ("MLDS JSON ([{\"id\": ..., \"caption\": [...]}]), MSR-VTT JSON (videodatainfo), VATEX JSON "
+           "([{\"videoID\": ..., \"enCap\": [...]}]), video_id,caption CSV, the MSR Video Description Corpus CSV, "
+           "or the MSVD standard split (sents_*_lc_nopunc.txt beside youtube_video_to_id_mapping.txt)")
 
 
 class CaptionError(PipelineError):
@@ -77,13 +89,62 @@ def _add(captions: dict[str, list[str]], path: Path, where: str, video_id: str, 
     captions.setdefault(video_id, []).append(caption.strip())
 
 
-def load_mlds_json(path: Path) -> dict[str, list[str]]:
+def load_json(path: Path, split: str) -> dict[str, list[str]]:
+    """MLDS, MSR-VTT or VATEX JSON, told apart by their keys."""
     try:
-        entries = json.loads(read_text(path))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise CaptionError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    if not isinstance(entries, list):
-        raise CaptionError(f"{path}: expected a JSON list of {{\"id\": ..., \"caption\": [...]}} entries")
+    if isinstance(data, dict) and "videos" in data and "sentences" in data:
+        return load_msrvtt(path, data, split)
+    if not isinstance(data, list):
+        raise CaptionError(f"{path}: a JSON file that is no label format read here; the formats are {FORMATS}")
+    _one_split(path, split)
+    vatex = bool(data) and isinstance(data[0], dict) and "videoID" in data[0]
+    return load_vatex(path, data) if vatex else load_mlds(path, data)
+
+
+def _one_split(path: Path, split: str) -> None:
+    if split:
+        raise CaptionError(f"{path} holds one split, so no split can be chosen in it (asked for {split!r}): "
+                           f"only MSR-VTT's files and the MSVD standard split hold several")
+
+
+def load_msrvtt(path: Path, data: dict, split: str) -> dict[str, list[str]]:
+    """MSR-VTT's `videodatainfo` JSON: the captions of the videos of `split` (or of its only split)."""
+    split_of = {str(video["video_id"]): video.get("split", "") for video in data["videos"]}
+    counts = Counter(split_of.values())
+    if not split and len(counts) > 1:
+        raise CaptionError(f"{path} holds the splits {_listed(counts)}: choose one (make: SPLIT=train and "
+                           f"VAL_SPLIT=validate for training, TEST_SPLIT=test for evaluation)")
+    if split and split not in counts:
+        raise CaptionError(f"{path} has no split {split!r}; it holds {_listed(counts)}")
+    wanted = split or next(iter(counts))
+    captions: dict[str, list[str]] = {}
+    for i, sentence in enumerate(data["sentences"]):
+        video_id = str(sentence.get("video_id"))
+        if split_of.get(video_id) == wanted:
+            _add(captions, path, f"sentence {i}", video_id + ".mp4", sentence.get("caption"))
+    return captions
+
+
+def _listed(counts: Counter) -> str:
+    return ", ".join(f"{name} ({n:,} videos)" for name, n in counts.items())
+
+
+def load_vatex(path: Path, entries: list) -> dict[str, list[str]]:
+    """VATEX's JSON: each video's English captions (`enCap`)."""
+    captions: dict[str, list[str]] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "videoID" not in entry:
+            raise CaptionError(f"{path}: entry {i} needs a \"videoID\" as VATEX's others, got {str(entry)[:80]}")
+        for text in entry.get("enCap") or []:
+            _add(captions, path, f"entry {i}", f"{entry['videoID']}.mp4", text)
+    return captions
+
+
+def load_mlds(path: Path, entries: list) -> dict[str, list[str]]:
+    """MLDS JSON: `{"id", "caption"}` entries."""
     captions: dict[str, list[str]] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "id" not in entry or "caption" not in entry:
@@ -132,6 +193,29 @@ def load_msr_vdc_csv(path: Path) -> dict[str, list[str]]:
     return captions
 
 
+def _is_msvd_split(path: Path) -> bool:
+    """Whether `path` is an MSVD standard split file (`vidN<TAB>caption` lines)."""
+    return path.is_file() and re.match(r"vid\d+\t", read_text(path).lstrip()[:200]) is not None
+
+
+def msvd_split_file(path: Path, split: str) -> Path:
+    """The MSVD standard split file to read: `path` itself (a split file), or the file of `split` beside
+    `path` (a split file, the mapping or their folder)."""
+    folder = path if path.is_dir() else path.parent
+    if not split:
+        if path.is_dir() or path.name == MSVD_MAPPING:
+            raise CaptionError(f"{path} holds the MSVD standard splits {', '.join(MSVD_SPLITS)} (1,200, 100 and "
+                               f"670 videos): choose one (make: SPLIT=train VAL_SPLIT=val, TEST_SPLIT=test)")
+        return path
+    if split not in MSVD_SPLITS:
+        raise CaptionError(f"{path}: the MSVD standard split has no split {split!r}; it holds "
+                           f"{', '.join(MSVD_SPLITS)}")
+    chosen = folder / MSVD_SPLIT_FILE.format(split=split)
+    if not chosen.is_file():
+        raise CaptionError(f"{chosen}: no such file, where the MSVD standard split's {split!r} captions belong")
+    return chosen
+
+
 def load_msvd_split(path: Path) -> dict[str, list[str]]:
     mapping_path = path.parent / MSVD_MAPPING
     if not mapping_path.is_file():
@@ -154,21 +238,28 @@ def load_msvd_split(path: Path) -> dict[str, list[str]]:
     return captions
 
 
-def load_captions(path: str | Path) -> dict[str, list[str]]:
-    """Read a label file in any of the four formats, chosen from the file itself."""
+def load_captions(path: str | Path, split: str = "") -> dict[str, list[str]]:
+    """Read a label file in any of the formats, chosen from the file itself; `split` names the split to read
+    where the data holds several (MSR-VTT, the MSVD standard split), and must be empty elsewhere."""
     path = Path(path)
+    if path.is_dir() or path.name == MSVD_MAPPING or (split and _is_msvd_split(path)):
+        path, split = msvd_split_file(path, split), ""
     if not path.is_file():
         raise CaptionError(f"{path}: no such label file")
     first = read_text(path).lstrip()[:200]
     if first.startswith(("[", "{")):
-        loader = load_mlds_json
-    elif first.startswith("VideoID,"):
-        loader = load_msr_vdc_csv
-    elif re.match(r"vid\d+\t", first):
-        loader = load_msvd_split
+        captions = load_json(path, split)
     else:
-        loader = load_id_caption_csv
-    captions = loader(path)
+        _one_split(path, split)
+        if first.startswith("VideoID,"):
+            captions = load_msr_vdc_csv(path)
+        elif _is_msvd_split(path):
+            captions = load_msvd_split(path)
+        elif _split_id_caption(first.splitlines()[0] if first else "") is None:
+            raise CaptionError(f"{path}: not a label format read here (it starts {first[:60]!r}); the formats are "
+                               f"{FORMATS}")
+        else:
+            captions = load_id_caption_csv(path)
     if not captions:
         raise CaptionError(f"{path}: no captions found")
     return captions

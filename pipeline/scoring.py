@@ -77,8 +77,8 @@ def match_ids(predictions: dict[str, str], references: dict[str, list[str]], nam
     return matched
 
 
-def score_file(predictions_path: str | Path, references_path: str | Path) -> dict:
-    references = load_captions(references_path)
+def score_file(predictions_path: str | Path, references_path: str | Path, split: str = "") -> dict:
+    references = load_captions(references_path, split)
     predictions = match_ids(read_predictions(predictions_path), references, str(predictions_path))
     return score_captions(predictions, references)
 
@@ -89,10 +89,10 @@ def most_frequent_caption(captions: dict[str, list[str]]) -> str:
     return counts.most_common(1)[0][0]
 
 
-def baseline_scores(labels: str | Path, references: dict[str, list[str]]) -> dict:
-    """The scores of giving every video the most frequent caption of the training `labels`."""
+def baseline_scores(labels: str | Path, split: str, references: dict[str, list[str]]) -> dict:
+    """The scores of giving every video the most frequent caption of the training `labels` (their `split`)."""
     try:
-        caption = most_frequent_caption(load_captions(labels))
+        caption = most_frequent_caption(load_captions(labels, split))
     except CaptionError as exc:
         raise CaptionError(f"the baseline needs the training labels ({exc}); pass --train-labels") from None
     return {**score_captions({vid: caption for vid in references}, references), "caption": caption}

@@ -26,7 +26,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from . import distributed, schedule
-from .labels import load_captions
+from .labels import CaptionError, load_captions
 from .vocab import Vocab
 from .checkpoint import (CheckpointError, Progress, build_checkpoint, check_resumable, load_checkpoint, restore,
                          save_checkpoint)
@@ -120,8 +120,19 @@ def prepare(cfg: TrainConfig, device: torch.device, processes_per_node: int = 1)
     """Load labels and features, split, and build the vocabulary (from the training split). On a GPU
     the features go to its memory when half of what is free holds them."""
     store = FeatureStore(cfg.features)
-    captions = load_captions(cfg.labels)
-    train_ids, val_ids = split_ids(usable_ids(captions, store, cfg.labels), cfg.val_fraction, cfg.seed)
+    captions = load_captions(cfg.labels, cfg.split)
+    if cfg.val_labels or cfg.val_split:  # the benchmark's own validation split
+        train_ids = usable_ids(captions, store, cfg.labels)
+        val_labels = cfg.val_labels or cfg.labels
+        val_captions = load_captions(val_labels, cfg.val_split)
+        val_ids = usable_ids(val_captions, store, val_labels)
+        both = sorted(set(train_ids) & set(val_ids))
+        if both:
+            raise CaptionError(f"{len(both)} videos are in both the training and the validation captions (first: "
+                               f"{', '.join(both[:3])}): VAL_LABELS / VAL_SPLIT must name another split")
+        captions = captions | {vid: val_captions[vid] for vid in val_ids}
+    else:
+        train_ids, val_ids = split_ids(usable_ids(captions, store, cfg.labels), cfg.val_fraction, cfg.seed)
     vocab = Vocab.build({v: captions[v] for v in train_ids}, cfg.min_count)
     held_on, where = features_fit(store, len(train_ids) + len(val_ids), cfg.feature_memory, processes_per_node,
                                   device)
@@ -228,8 +239,12 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
 
 def _describe(cfg: TrainConfig, train_set: CaptionSet, val_set: CaptionSet | None, vocab: Vocab,
               store: FeatureStore, where: str, world: distributed.World) -> None:
+    own = cfg.val_labels or cfg.val_split  # the benchmark's own validation split, or a random share
+    source = f"{cfg.val_split or 'the captions'} of {Path(cfg.val_labels or cfg.labels).name}" if own else \
+        f"a random {cfg.val_fraction:.0%}"
     print(f"train: {len(train_set)} videos, {len(train_set.tokens)} captions; validation: "
-          f"{len(val_set) if val_set else 0} videos; vocabulary: {len(vocab)} words (min count {cfg.min_count}); "
+          f"{len(val_set) if val_set else 0} videos ({source}); vocabulary: {len(vocab)} words (min count "
+          f"{cfg.min_count}); "
           f"features {tuple(train_set.features.shape[1:])} from {store.settings.backbone}; {where}" +
           (f"; {world.size} processes, {cfg.batch_size // world.size} captions per process and step"
            if world.distributed else ""))

@@ -19,7 +19,7 @@ import pytest
 from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.features import extract
 from pipeline.metrics import java_available
-from pipeline.store import StoreSettings
+from pipeline.store import FeatureStore, StoreSettings
 from pipeline.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +56,20 @@ def source_attrs(i: int = 0) -> dict:
     """The source attributes of a made-up clip number `i`, as extraction records them."""
     return {"source_size": 100 + i, "source_mtime_ns": 10**18 + i, "n_frames": 50, "fps": 29.97,
             "indices": np.arange(4) * 12, "decoder": "opencv"}
+
+
+def random_store(path: Path, ids: list[str], settings: StoreSettings = STORE_SETTINGS) -> Path:
+    """A feature store holding seeded random features for `ids`, written through h5py in one go (fast for
+    thousands of videos; training and evaluation read no source attributes)."""
+    import h5py
+
+    FeatureStore.open_or_create(path, settings, {})
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "a") as f:
+        for video_id in ids:
+            f["features"].create_dataset(video_id, data=rng.random((settings.frames, settings.feature_dim),
+                                                                   dtype=np.float32))
+    return path
 
 
 def lite_config(raw: Path, store: Path, **overrides) -> ExtractConfig:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +45,73 @@ def test_msvd_standard_split():
     assert len(test) == 670 and sum(map(len, test.values())) == 27763
 
 
+def _msrvtt(path: Path, splits: dict[str, str]) -> Path:
+    """An MSR-VTT `videodatainfo` file: video `v` in `splits[v]`, with the captions "a v one" and "a v two"."""
+    videos = [{"video_id": v, "split": split, "category": 0, "id": i} for i, (v, split) in enumerate(splits.items())]
+    sentences = [{"video_id": v, "caption": f"a {v} {n}", "sen_id": 2 * i + k}
+                 for i, v in enumerate(splits) for k, n in enumerate(("one", "two"))]
+    path.write_text(json.dumps({"info": {"version": "1.0"}, "videos": videos, "sentences": sentences}))
+    return path
+
+
+def test_msr_vtt_json_is_read_as_downloaded_a_split_at_a_time(tmp_path):
+    path = _msrvtt(tmp_path / "train_val_videodatainfo.json", {"video0": "train", "video1": "validate",
+                                                                "video2": "train"})
+    assert load_captions(path, "train") == {"video0.mp4": ["a video0 one", "a video0 two"],
+                                            "video2.mp4": ["a video2 one", "a video2 two"]}
+    assert list(load_captions(path, "validate")) == ["video1.mp4"]
+    with pytest.raises(CaptionError, match=r"holds the splits train \(2 videos\), validate \(1 videos\): choose one "
+                                           r"\(make: SPLIT=train"):
+        load_captions(path)
+    with pytest.raises(CaptionError, match=r"has no split 'val'; it holds train"):
+        load_captions(path, "val")
+    test = _msrvtt(tmp_path / "test_videodatainfo.json", {"video7": "test"})
+    assert load_captions(test) == load_captions(test, "test") == {"video7.mp4": ["a video7 one", "a video7 two"]}
+
+
+def test_vatex_json_reads_the_english_captions(tmp_path):
+    path = tmp_path / "vatex_training_v1.0.json"
+    path.write_text(json.dumps([{"videoID": "Ptf_2VRj-V0_000122_000132", "enCap": ["A man plays.", "A man sings."],
+                                 "chCap": ["一个男人在弹奏。"]},
+                                {"videoID": "abc_000001_000011", "enCap": ["A dog runs."]}]))
+    assert load_captions(path) == {"Ptf_2VRj-V0_000122_000132.mp4": ["A man plays.", "A man sings."],
+                                   "abc_000001_000011.mp4": ["A dog runs."]}
+    with pytest.raises(CaptionError, match="holds one split, so no split can be chosen in it"):
+        load_captions(path, "train")
+
+
+def test_the_msvd_standard_split_is_chosen_by_name_beside_any_of_its_files(tmp_path):
+    (tmp_path / "youtube_video_to_id_mapping.txt").write_text("clipA vid1\nclipB vid2\nclipC vid3\n")
+    for split, vid in (("train", "vid1"), ("val", "vid2"), ("test", "vid3")):
+        (tmp_path / f"sents_{split}_lc_nopunc.txt").write_text(f"{vid}\ta {split} caption\n")
+    for given in (tmp_path, tmp_path / "youtube_video_to_id_mapping.txt", tmp_path / "sents_train_lc_nopunc.txt"):
+        assert load_captions(given, "val") == {"clipB.avi": ["a val caption"]}
+    assert load_captions(tmp_path / "sents_test_lc_nopunc.txt") == {"clipC.avi": ["a test caption"]}
+    with pytest.raises(CaptionError, match=r"holds the MSVD standard splits train, val, test .*: choose one"):
+        load_captions(tmp_path)
+    with pytest.raises(CaptionError, match="has no split 'validate'; it holds train, val, test"):
+        load_captions(tmp_path, "validate")
+
+
+def test_a_file_in_no_format_is_told_the_formats(tmp_path):
+    path = tmp_path / "readme.txt"
+    path.write_text("MSR-VTT 10K\n\nAll video info and caption sentences are stored in json files.\n")
+    with pytest.raises(CaptionError, match=r"not a label format read here .*the formats are MLDS JSON .*MSR-VTT JSON"
+                                           r".*VATEX JSON.*MSVD standard split"):
+        load_captions(path)
+
+
+@needs_shared
+def test_the_real_msr_vtt_annotations_as_downloaded(tmp_path):
+    for name in ("train_val_annotation.zip", "test_videodatainfo.json.zip"):
+        zipfile.ZipFile(SHARED / "msr-vtt" / name).extractall(tmp_path)
+    counts = {split: load_captions(tmp_path / "train_val_videodatainfo.json", split) for split in ("train", "validate")}
+    counts["test"] = load_captions(tmp_path / "test_videodatainfo.json")
+    assert {s: (len(c), sum(map(len, c.values()))) for s, c in counts.items()} == \
+        {"train": (6513, 130260), "validate": (497, 9940), "test": (2990, 59800)}
+    assert "video0.mp4" in counts["train"] and not set(counts["train"]) & set(counts["validate"])
+
+
 def test_msr_video_description_csv_keeps_english_rows(tmp_path):
     path = tmp_path / "MSR Video Description Corpus.csv"
     path.write_text(
@@ -67,7 +136,7 @@ def test_id_caption_csv_with_header(tmp_path):
     ('[{"id": "a.avi", "caption": ["a dog"]},', r"not valid JSON \(line 1"),
     ('[{"id": "a.avi"}]', r"entry 0 needs an \"id\" and a \"caption\""),
     ('[{"caption": ["x"]}, 3]', r"entry 0"),
-    ('{"a.avi": ["a dog"]}', r"JSON list"),
+    ('{"a.avi": ["a dog"]}', r"a JSON file that is no label format read here; the formats are MLDS JSON"),
     ('[]', r"no captions"),
 ])
 def test_malformed_json_names_file_and_entry(tmp_path, content, match):

@@ -176,8 +176,9 @@ def test_train_help_lists_every_option_with_its_default_and_make_variable():
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         assert flag in out, flag
-        make = f"; make: {field.metadata['make']}" if field.metadata["make"] else ""
-        assert f"(default: {field.default}{make})" in out, field.name
+        notes = ([f"default: {field.default}"] if field.default != "" else []) + \
+            ([f"make: {field.metadata['make']}"] if field.metadata["make"] else [])
+        assert f"({'; '.join(notes)})" in out, field.name
     assert "--no-bidirectional" in out and "{none,luong,bahdanau}" in out
 
 
