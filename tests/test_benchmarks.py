@@ -75,7 +75,8 @@ def test_the_real_msr_vtt_files_train_and_score_without_conversion(tmp_path):
     store = random_store(tmp_path / "f.h5", [f"video{i}.mp4" for i in range(7110)])  # train, validate, 100 test
     run = tmp_path / "run"
     train(TrainConfig(features=str(store), labels=str(tmp_path / "train_val_videodatainfo.json"), split="train",
-                      val_split="validate", run_dir=str(run), epochs=1, hidden=8, embed=8, device="cpu"))
+                      val_split="validate", run_dir=str(run), epochs=1, hidden=8, embed=8, device="cpu", min_count=50,
+                      max_len=8))
     with pytest.warns(UserWarning, match="2890 of 2990 videos .* have no features"):
         scores = evaluate_run(EvalConfig(run_dir=str(run), features=str(store), beam=1, raw=str(tmp_path),
                                          references=str(tmp_path / "test_videodatainfo.json"), device="cpu"))
