@@ -65,6 +65,27 @@ def test_a_validation_split_that_shares_videos_with_training_is_refused(msrvtt, 
                           val_split="train", run_dir=str(tmp_path / "run"), **TINY))
 
 
+def test_vatex_files_train_validate_and_score_as_they_come(tmp_path):
+    """VATEX: a JSON file a split, `videoID` and English captions (`enCap`) beside Chinese ones (`chCap`)."""
+    def vatex(name: str, videos: range, caption: str) -> Path:
+        entries = [{"videoID": f"yt{i}_000010_000020", "enCap": [caption, f"{caption} number {i}"],
+                    "chCap": ["一个视频"]} for i in videos]
+        (tmp_path / name).write_text(json.dumps(entries, ensure_ascii=False))
+        return tmp_path / name
+
+    train_file, val_file = vatex("vatex_training_v1.0.json", range(4), "a man plays"), \
+        vatex("vatex_validation_v1.0.json", range(4, 6), "a dog runs")
+    test_file = vatex("vatex_public_test_english_v1.1.json", range(6, 8), "a man plays")
+    store = random_store(tmp_path / "f.h5", [f"yt{i}_000010_000020.mp4" for i in range(8)])
+    run = tmp_path / "run"
+    history = train(TrainConfig(features=str(store), labels=str(train_file), val_labels=str(val_file),
+                                run_dir=str(run), **TINY))
+    assert all(row["val_loss"] is not None for row in history)
+    scores = evaluate_run(EvalConfig(run_dir=str(run), features=str(store), references=str(test_file), beam=1,
+                                     raw=str(tmp_path), device="cpu"))
+    assert scores["n_videos"] == 2 and scores["baseline"]["caption"] == "a man plays"
+
+
 @pytest.mark.slow
 @needs_shared
 def test_the_real_msr_vtt_files_train_and_score_without_conversion(tmp_path):
