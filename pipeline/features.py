@@ -45,7 +45,7 @@ from .files import ensure_writable_folder, write_json
 from .encoding import encode_frames, frames_per_forward, prepare_clip
 from .precision import resolve_precision, runnable
 from .shards import merge_ranks, open_stores
-from .store import SOURCE_KEYS, FeatureStore, StoreSettings, writer_lock
+from .store import FeatureStore, StoreSettings, writer_lock
 from .video import GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, nvdec_available, read_clip, resolve_decoder
 
 # Devices whose forward passes take the frames of several clips at once while the previous pass's features are
@@ -107,12 +107,17 @@ def store_settings(backbone: Backbone, cfg: ExtractConfig) -> StoreSettings:
                          frames=cfg.frames, dtype=cfg.dtype, precision=backbone.precision)
 
 
-def _is_current(path: Path, source: dict | None) -> bool:
-    """Whether the store's entry for `path` was made from the file as it is now (and is whole)."""
-    if source is None or any(key not in source for key in SOURCE_KEYS):
-        return False
-    stat = path.stat()
-    return int(source["source_size"]) == stat.st_size and int(source["source_mtime_ns"]) == stat.st_mtime_ns
+def split_current(videos: list[Path], stamps: dict[str, tuple[int, int] | None]) -> tuple[list[Path], list[str]]:
+    """The videos to extract (new, changed, or whose entry is not whole), and the names of those whose entry was
+    made from the file as it is now (same size and mtime), in one pass: each file is looked at once."""
+    todo, current = [], []
+    for path in videos:
+        stamp = stamps.get(path.name)
+        if stamp is not None and stamp == ((stat := path.stat()).st_size, stat.st_mtime_ns):
+            current.append(path.name)
+        else:
+            todo.append(path)
+    return todo, current
 
 
 @dataclass
@@ -307,11 +312,10 @@ def _extract(cfg: ExtractConfig, world: distributed.World) -> Summary:
         videos, unusable = find_videos(cfg.raw)
         backbone = load_backbone(cfg.backbone, cfg.weights).place(device, precision)
         main_store, store = open_stores(cfg.features, store_settings(backbone, cfg), world)
-        known = main_store.sources()
+        known = main_store.stamps()
         summary = Summary(precision=precision, decoder=resolve_decoder(cfg.decoder),
                           failed=unusable if world.is_main else [])
-        todo = [path for path in videos if not _is_current(path, known.get(path.name))]
-        summary.skipped = [path.name for path in videos if path not in todo]
+        todo, summary.skipped = split_current(videos, known)
         summary.setup_seconds = time.perf_counter() - start
         stale = _extract_clips(todo[world.rank::world.size], cfg, backbone, store, known, summary, world)
         summary.seconds = time.perf_counter() - start

@@ -232,6 +232,26 @@ class FeatureStore:
         with _inside(self.path, "r") as f:
             return {vid: dict(ds.attrs) for vid, ds in f["features"].items()}
 
+    def stamps(self) -> dict[str, tuple[int, int] | None]:
+        """Per video id, the size and mtime (ns) of the file its features were made from, or None when its
+        source attributes are not all there: what deciding to skip a clip needs.
+
+        Reads those two attributes alone, through h5py's low-level API: reading every attribute of 10,000
+        entries the high-level way took 3 s, this 0.5 s."""
+        size, mtime = np.zeros((), np.int64), np.zeros((), np.int64)
+        stamps: dict[str, tuple[int, int] | None] = {}
+        with _inside(self.path, "r") as f:
+            group = f["features"]
+            for vid in group:
+                entry = h5py.h5o.open(group.id, vid.encode())
+                if not all(h5py.h5a.exists(entry, key.encode()) for key in SOURCE_KEYS):
+                    stamps[vid] = None
+                    continue
+                h5py.h5a.open(entry, b"source_size").read(size)
+                h5py.h5a.open(entry, b"source_mtime_ns").read(mtime)
+                stamps[vid] = (int(size), int(mtime))
+        return stamps
+
     def read(self, video_id: str) -> np.ndarray:
         return self.read_many([video_id])[0]
 

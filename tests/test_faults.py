@@ -205,6 +205,7 @@ def test_damage_anywhere_in_a_store_is_reported_never_a_traceback(pristine_store
             ids = store.ids()
             store.read_many(ids)
             store.sources()
+            store.stamps()
         except StoreError as exc:
             assert str(damaged) in str(exc)
     assert found >= len(data) // 1024 // 4, f"damage was found at only {found} offsets"

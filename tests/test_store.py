@@ -33,6 +33,13 @@ def test_round_trip(store):
     assert reopened.validate() == []
 
 
+def test_stamps_are_each_entrys_source_size_and_mtime_or_none_when_its_source_is_not_whole(store):
+    store.write("a.avi", np.zeros((4, 6), np.float32), source_attrs(1))
+    partial = {k: v for k, v in source_attrs(2).items() if k != "decoder"}  # as a store of an older version
+    store.write("b é.avi", np.zeros((4, 6), np.float32), partial)
+    assert store.stamps() == {"a.avi": (101, 10**18 + 1), "b é.avi": None}
+
+
 def test_plain_h5py_reads_the_layout(store):
     x = np.ones((4, 6), np.float32)
     store.write("a.avi", x, source_attrs())
