@@ -24,9 +24,9 @@ from .decoding import caption_features
 from .devices import resolve_device
 from .errors import run_command
 from .files import atomic_write, ensure_writable_folder, write_json
-from .metrics import bleu1_per_video, score_captions
+from .metrics import bleu1_per_video
 from .report import write_report
-from .scoring import baseline_scores, format_scores, score_file
+from .scoring import format_scores, score_file, scores_with_baseline
 from .store import FeatureStore
 
 if TYPE_CHECKING:
@@ -68,10 +68,9 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     write_captions(run / "captions.txt", captions)
     references = {vid: references[vid] for vid in ids}
     per_video = bleu1_per_video(captions, references)  # the headline score's parts, and the report's ranking
-    scores = score_captions(captions, references, per_video=per_video)
     trained_on = checkpoint["train_config"]  # the run's training captions, and their split (none before splits)
     labels = (cfg.train_labels, "") if cfg.train_labels else (trained_on["labels"], trained_on.get("split", ""))
-    scores["baseline"] = baseline_scores(*labels, references)
+    scores = scores_with_baseline(captions, references, *labels, per_video=per_video)
     scores["decoding"] = asdict(cfg.decoding())
     scores["checkpoint"] = {"file": str(run / cfg.checkpoint), "epoch": checkpoint["epoch"]}
     write_json(run / "scores.json", scores)

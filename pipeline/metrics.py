@@ -96,37 +96,62 @@ def _tokenized(captions: dict[str, list[str]], use_java: bool) -> dict[str, list
         return PTBTokenizer().tokenize({vid: [{"caption": c} for c in caps] for vid, caps in captions.items()})
 
 
-def coco_scores(predictions: dict[str, str], references: dict[str, list[str]],
-                use_java: bool | None = None) -> dict[str, float | None]:
-    """BLEU-1..4, METEOR, ROUGE-L and CIDEr of `predictions` (one caption per id)."""
-    from pycocoevalcap.bleu.bleu import Bleu
+def coco_scores(caption_sets: list[dict[str, str]], references: dict[str, list[str]],
+                use_java: bool | None = None) -> list[dict[str, float | None]]:
+    """BLEU-1..4, METEOR, ROUGE-L and CIDEr of each set of captions (one caption per id, every set captioning
+    the same videos) against the same references.
+
+    What depends on the references alone is done once for all the sets: tokenizing them, counting their
+    n-grams for BLEU, and starting METEOR's Java process, which takes about 6 s to load and, started first,
+    loads while the other metrics are computed. Each set's scores are what scoring it alone gives."""
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
     use_java = java_available() if use_java is None else use_java
-    ids = sorted(predictions)
+    ids = sorted(caption_sets[0])
+    if any(sorted(captions) != ids for captions in caption_sets):
+        raise ValueError("every set of captions must caption the same videos")
+    meteor = _meteor() if use_java else None
     gts = _tokenized({vid: references[vid] for vid in ids}, use_java)
-    res = _tokenized({vid: [predictions[vid]] for vid in ids}, use_java)
-    scores: dict[str, float | None] = {}
+    bleu = BleuScorer(n=4)
+    for vid in ids:
+        bleu.cook_append(None, gts[vid])  # the references' n-gram counts, kept for every set
+    tokenized = [_tokenized({vid: [captions[vid]] for vid in ids}, use_java) for captions in caption_sets]
+    all_scores = []
     with _quiet_java():
-        bleu, _ = Bleu(4).compute_score(gts, res)
-        scores.update({f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)})
-        scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
-        scores["cider"] = float(Cider().compute_score(gts, res)[0])
-        scores["meteor"] = _meteor(gts, res) if use_java else None
-    return scores
+        for res in tokenized:
+            # what pycocoevalcap's Bleu(4).compute_score does, with the references counted once
+            bleu_scores, _ = bleu.retest([res[vid][0] for vid in ids]).compute_score(option="closest")
+            scores: dict[str, float | None] = {f"bleu{n + 1}": float(b) for n, b in enumerate(bleu_scores)}
+            scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+            scores["cider"] = float(Cider().compute_score(gts, res)[0])
+            all_scores.append(scores)
+        for scores, res in zip(all_scores, tokenized):
+            # the corpus-level score METEOR's jar reports
+            scores["meteor"] = float(meteor.compute_score(gts, res)[0]) if meteor else None
+    return all_scores
 
 
-def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> float:
+def _meteor():
+    """pycocoevalcap's METEOR, its Java process started (and loading in the background)."""
     from pycocoevalcap.meteor.meteor import Meteor
 
-    return float(Meteor().compute_score(gts, res)[0])  # the corpus-level score METEOR's jar reports
+    return Meteor()
 
 
-def score_captions(predictions: dict[str, str], references: dict[str, list[str]], use_java: bool | None = None,
-                   per_video: dict[str, float] | None = None) -> dict:
-    """Every metric of `scores.json` for `predictions` against `references`; `per_video` is their course
-    BLEU-1 per video (`bleu1_per_video`) where the caller has it already."""
-    per_video = bleu1_per_video(predictions, references) if per_video is None else per_video
-    return {"mlds_bleu1": _mean(per_video), **coco_scores(predictions, references, use_java),
-            "n_videos": len(predictions)}
+def score_caption_sets(caption_sets: list[dict[str, str]], references: dict[str, list[str]],
+                       use_java: bool | None = None, per_video: dict[str, float] | None = None) -> list[dict]:
+    """Every metric of `scores.json` for each set of captions against the same references (a model's and the
+    constant baseline's): `coco_scores` does the references' share of the work once. `per_video` is the first
+    set's course BLEU-1 per video (`bleu1_per_video`) where the caller has it already."""
+    coco = coco_scores(caption_sets, references, use_java)
+    given = [per_video] + [None] * (len(caption_sets) - 1)
+    return [{"mlds_bleu1": _mean(bleu1_per_video(captions, references) if known is None else known), **scores,
+             "n_videos": len(captions)} for captions, scores, known in zip(caption_sets, coco, given)]
+
+
+def score_captions(predictions: dict[str, str], references: dict[str, list[str]],
+                   use_java: bool | None = None) -> dict:
+    """Every metric of `scores.json` for `predictions` against `references`."""
+    return score_caption_sets([predictions], references, use_java)[0]

@@ -20,7 +20,7 @@ from pathlib import Path
 from .labels import CaptionError, load_captions, read_id_caption_lines
 from .vocab import tokenize
 from .errors import PipelineError
-from .metrics import METRIC_KEYS, score_captions
+from .metrics import METRIC_KEYS, score_caption_sets, score_captions
 
 
 class PredictionError(PipelineError):
@@ -89,13 +89,18 @@ def most_frequent_caption(captions: dict[str, list[str]]) -> str:
     return counts.most_common(1)[0][0]
 
 
-def baseline_scores(labels: str | Path, split: str, references: dict[str, list[str]]) -> dict:
-    """The scores of giving every video the most frequent caption of the training `labels` (their `split`)."""
+def scores_with_baseline(captions: dict[str, str], references: dict[str, list[str]], labels: str | Path,
+                         split: str = "", per_video: dict[str, float] | None = None) -> dict:
+    """The scores of `captions`, with under `baseline` those of giving every video the most frequent caption of
+    the training `labels` (their `split`); both are scored in one pass, so the references' share of the work is
+    done once. `per_video` is the captions' course BLEU-1 per video where the caller has it already."""
     try:
         caption = most_frequent_caption(load_captions(labels, split))
     except CaptionError as exc:
         raise CaptionError(f"the baseline needs the training labels ({exc}); pass --train-labels") from None
-    return {**score_captions({vid: caption for vid in references}, references), "caption": caption}
+    model, baseline = score_caption_sets([captions, {vid: caption for vid in references}], references,
+                                         per_video=per_video)
+    return {**model, "baseline": {**baseline, "caption": caption}}
 
 
 def format_scores(scores: dict) -> str:
