@@ -15,11 +15,12 @@ import torch
 
 from conftest import CLIPS_DIR, ROOT, run_main, run_script
 from pipeline.labels import load_captions
-from pipeline.vocab import tokenize
+from pipeline.vocab import Vocab, tokenize
 from pipeline.config import DecodeConfig, ExtractConfig, TrainConfig
 from pipeline.features import extract
 from pipeline.schedule import inverse_sigmoid
 from pipeline.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from pipeline.dataset import encode_captions
 from pipeline.decoding import caption_features
 from pipeline.training import main as training_main
 from pipeline.training import train
@@ -27,6 +28,14 @@ from pipeline.store import FeatureStore
 
 LABELS = CLIPS_DIR / "labels.json"
 TINY = {"hidden": 32, "embed": 32, "batch_size": 16, "val_fraction": 0.0, "dropout": 0.1}
+
+
+def test_captions_become_token_rows_of_bos_words_cut_at_max_len_eos_and_padding():
+    vocab = Vocab(["<pad>", "<bos>", "<eos>", "<unk>", "a", "man", "is", "cooking"], 1)
+    rows = encode_captions(["A man is cooking!", "a zebra", "", "a man is a man is"], vocab, max_len=4)
+    assert rows.dtype == torch.long and rows.tolist() == [[1, 4, 5, 6, 7, 2], [1, 4, 3, 2, 0, 0], [1, 2, 0, 0, 0, 0],
+                                                          [1, 4, 5, 6, 4, 2]]
+    assert encode_captions([], vocab, max_len=4).shape == (0, 6)
 
 
 def _cfg(features: Path, run: Path, **kw) -> TrainConfig:
