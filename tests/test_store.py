@@ -38,6 +38,7 @@ def test_stamps_are_each_entrys_source_size_and_mtime_or_none_when_its_source_is
     partial = {k: v for k, v in source_attrs(2).items() if k != "decoder"}  # as a store of an older version
     store.write("b é.avi", np.zeros((4, 6), np.float32), partial)
     assert store.stamps() == {"a.avi": (101, 10**18 + 1), "b é.avi": None}
+    assert store.read_many(["b é.avi", "a.avi"]).shape == (2, 4, 6)
 
 
 def test_plain_h5py_reads_the_layout(store):
