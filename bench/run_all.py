@@ -1,9 +1,9 @@
 """`make bench`: every benchmark in one run, printed as a table, written to `bench/results.json`.
 
 Reads the shared MSVD clips, or without them the four in tests/data (or `--clips`); writes `bench/results.json` with one
-object per benchmark: `extract`, `precision`, `decode`, `train`, `beam`, `memory`, and
-`machine` (the CPU model and whether it computes bfloat16 natively, the GPU, the
-torch version). Each pair inside a benchmark is measured side by side,
+object per benchmark: `extract`, `precision`, `decode`, `train`, `beam`, `memory`, `scale`
+(costs at MSR-VTT's size, on generated data), and `machine` (the CPU model and whether it
+computes bfloat16 natively, the GPU, the torch version). Each pair inside a benchmark is measured side by side,
 alternating, and reports the median of `--repeats` repetitions. Sized to finish
 within 10 minutes on any 2-core CPU; on a GPU it measures at the GPU's scale
 (256 clips, batch 256, whole training epochs).
@@ -27,6 +27,7 @@ import bench_beam  # noqa: E402
 import bench_decode  # noqa: E402
 import bench_extract  # noqa: E402
 import bench_memory  # noqa: E402
+import bench_scale  # noqa: E402
 import bench_train  # noqa: E402
 import machine  # noqa: E402
 
@@ -88,8 +89,24 @@ def _memory_rows(m: dict) -> list[tuple[str, str, float, str]]:
              f"{m['long_seconds']} s clip {m['long_mb']:.0f} MB", m["ratio"], "<= 1.2 ratio")]
 
 
+def _scale_rows(s: dict) -> list[tuple[str, str, float, str]]:
+    small, large = s["entries"]
+    per_clip = f"{s['extract_large_s_per_clip'] * 1e3:.1f} and {s['extract_small_s_per_clip'] * 1e3:.1f} ms"
+    return [("scale", f"extraction into a store of {large:,} entries against {small:,}: {per_clip} a clip "
+             f"({s['new_clips']} tiny clips)", s["extract_ratio"], "<= 1.2 ratio"),
+            ("scale", f"skip pass over {large:,} unchanged clips, s", s["skip_s"], "<= 10 s"),
+            ("scale", f"reading and tokenising {s['captions']:,} captions, building the vocabulary, s",
+             s["captions_s"], "<= 5 s"),
+            ("scale", f"training read from the store a batch at a time against from memory ({s['train_videos']:,} "
+             f"videos): {s['train_store_s']:.2f} and {s['train_memory_s']:.2f} s an epoch", s["train_ratio"],
+             ">= 0.8 ratio"),
+            ("scale", f"scoring {s['scored_videos']:,} videos x 20 references: the model's captions "
+             f"{s['scoring_model_s']:.1f} s, with the baseline as make eval does {s['scoring_with_baseline_s']:.1f} s",
+             s["scoring_ratio"], "< 2 ratio (2: scored apart)")]
+
+
 ROWS = {"extract": _extract_rows, "precision": _precision_rows, "decode": _decode_rows, "train": _train_rows,
-        "beam": _beam_rows, "memory": _memory_rows}
+        "beam": _beam_rows, "memory": _memory_rows, "scale": _scale_rows}
 
 
 def table(results: dict) -> list[tuple[str, str, float, str]]:
@@ -117,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats = 1
     small = {"extract": {"backbones": ("efficientnet_lite0",), "max_clips": 2}, "decode": {"max_clips": 2},
              "train": {"steps": 1},
-             "beam": {"videos": 8, "single_videos": 2}, "memory": {"seconds": (1, 3), "size": (320, 240)}} \
-        if args.quick else {"extract": {}, "decode": {}, "train": {}, "beam": {}, "memory": {}}
+             "beam": {"videos": 8, "single_videos": 2}, "memory": {"seconds": (1, 3), "size": (320, 240)},
+             "scale": {"entries": (5, 50), "new_clips": 2, "videos": 200, "train_videos": 128, "scored_videos": 30}} \
+        if args.quick else {"extract": {}, "decode": {}, "train": {}, "beam": {}, "memory": {}, "scale": {}}
     print(f"bench: device {args.device}, {args.repeats} repetitions, clips {args.clips}; machine "
           f"{machine.describe()}", flush=True)
     start = time.perf_counter()
@@ -131,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                  train=bench_train.run(repeats=args.repeats, device=args.device, **small["train"]))),
              (("beam",), lambda: results.update(
                  beam=bench_beam.run(repeats=args.repeats, device=args.device, **small["beam"])[5])),
-             (("memory",), lambda: results.update(memory=bench_memory.run(**small["memory"])))]
+             (("memory",), lambda: results.update(memory=bench_memory.run(**small["memory"]))),
+             (("scale",), lambda: results.update(
+                 scale=bench_scale.run(repeats=args.repeats, device=args.device, **small["scale"])))]
     failed = {}
     for names, step in steps:
         began = time.perf_counter()

@@ -21,7 +21,9 @@ KEYS = {"extract": {"backbone_fps", "pipeline_fps", "ratio"},
         "decode": {"opencv_fps", "pyav_fps", "speedup", "default"},
         "train": {"ours_s_per_epoch", "reference_s_per_epoch", "speedup"},
         "beam": {"batched_vps", "single_vps", "speedup"},
-        "memory": {"short_mb", "long_mb", "ratio"}}
+        "memory": {"short_mb", "long_mb", "ratio"},
+        "scale": {"extract_ratio", "skip_s", "captions_s", "train_ratio", "scoring_ratio", "scoring_model_s",
+                  "scoring_with_baseline_s"}}
 
 
 @pytest.mark.slow
@@ -34,13 +36,14 @@ def test_make_bench_writes_every_benchmark(tmp_path):
     for name in ("extract", "precision"):
         assert set(results[name]) == {"efficientnet_lite0"}
         assert KEYS[name] <= set(results[name]["efficientnet_lite0"])
-    for name in ("decode", "train", "beam", "memory"):
+    for name in ("decode", "train", "beam", "memory", "scale"):
         assert KEYS[name] <= set(results[name]), name
     figures = [results["extract"]["efficientnet_lite0"]["ratio"], results["train"]["speedup"],
-               results["beam"]["speedup"], results["memory"]["ratio"]]
+               results["beam"]["speedup"], results["memory"]["ratio"]] + [results["scale"][k] for k in KEYS["scale"]]
     assert all(f > 0 for f in figures)
     assert 0.9 < results["precision"]["efficientnet_lite0"]["cosine"] <= 1.0
     assert "| benchmark | measured | figure | target |" in proc.stdout and "| memory |" in proc.stdout
+    assert proc.stdout.count("| scale |") == 5 and "| scale | skip pass over 50 unchanged clips" in proc.stdout
     assert "| decode | sampled frames/s" in proc.stdout
 
 
@@ -76,6 +79,7 @@ def test_a_benchmark_that_fails_is_a_row_saying_why_and_the_others_still_run(tmp
     import bench_beam
     import bench_decode
     import bench_memory
+    import bench_scale
     import bench_train
     import run_all
 
@@ -89,11 +93,16 @@ def test_a_benchmark_that_fails_is_a_row_saying_why_and_the_others_still_run(tmp
     monkeypatch.setattr(bench_beam, "run", lambda **k: {5: {"batched_vps": 4.0, "single_vps": 1.0, "speedup": 4.0}})
     monkeypatch.setattr(bench_memory, "run", lambda **k: {"short_mb": 1.0, "long_mb": 1.0, "ratio": 1.0,
                                                           "short_seconds": 1, "long_seconds": 2, "resolution": "2x2"})
+    monkeypatch.setattr(bench_scale, "run", lambda **k: dict.fromkeys(
+        ("extract_small_s_per_clip", "extract_large_s_per_clip", "extract_ratio", "skip_s", "captions_s",
+         "train_memory_s", "train_store_s", "train_ratio", "scoring_model_s", "scoring_with_baseline_s",
+         "scoring_ratio"), 1.0) | {"entries": [1, 2], "new_clips": 1, "captions": 3, "train_videos": 4,
+                                   "scored_videos": 5})
     out = tmp_path / "results.json"
     assert run_all.main(["--quick", "--device", "cpu", "--out", str(out)]) == 1
     results = json.loads(out.read_text())
     assert results["failed"] == {"train": "RuntimeError: CUDA error: an illegal memory access"}
-    assert {"decode", "beam", "memory"} <= set(results)
+    assert {"decode", "beam", "memory", "scale"} <= set(results)
     table = capsys.readouterr().out
     assert "| train | failed: RuntimeError: CUDA error: an illegal memory access | nan | - |" in table
     assert "| beam | beam 5: batched 4.0 videos/s" in table
