@@ -106,3 +106,17 @@ def test_a_benchmark_that_fails_is_a_row_saying_why_and_the_others_still_run(tmp
     table = capsys.readouterr().out
     assert "| train | failed: RuntimeError: CUDA error: an illegal memory access | nan | - |" in table
     assert "| beam | beam 5: batched 4.0 videos/s" in table
+
+
+@pytest.mark.slow
+def test_the_msrvtt_cost_multiplies_what_it_measures_by_msrvtts_counts(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import msrvtt_cost
+
+    result = msrvtt_cost.run(clips=1, steps=1, videos=2, backbones=("efficientnet_lite0",), device="cpu", scored=20)
+    lite = result["features"]["efficientnet_lite0"]
+    assert lite["total_s"] == pytest.approx(lite["setup_s"] + lite["s_per_clip"] * 10_000)
+    assert result["epoch"]["steps"] == 102 and result["epoch"]["total_s"] == pytest.approx(
+        result["epoch"]["s_per_step"] * 102)
+    assert result["eval"]["total_s"] == pytest.approx(result["eval"]["captioning_s"] + result["eval"]["scoring_s"])
+    assert min(lite["s_per_clip"], result["epoch"]["s_per_step"], result["eval"]["scoring_s"]) > 0
