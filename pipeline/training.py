@@ -7,6 +7,8 @@ The shape of torchvision's reference `main`: build the data and the model, resum
 from `last.pt` when there is one, then per epoch train, validate and save. What a
 checkpoint holds is `checkpoint`'s business, one optimisation step `train_step`'s,
 and under torchrun the processes and their weight check `distributed`'s.
+
+The labels and the store are checked before the run folder is made.
 """
 
 from __future__ import annotations
@@ -116,9 +118,9 @@ def _lr_factor(cfg: TrainConfig):
     return lambda epoch: 1.0
 
 
-def prepare(cfg: TrainConfig, device: torch.device, processes_per_node: int = 1):
-    """Load labels and features, split, and build the vocabulary (from the training split). On a GPU
-    the features go to its memory when half of what is free holds them."""
+def read_inputs(cfg: TrainConfig) -> tuple[FeatureStore, dict[str, list[str]], list[str], list[str]]:
+    """The store, the captions and the (training, validation) video ids: every input a run is refused for
+    that is cheap to check, checked before the run folder is made."""
     store = FeatureStore(cfg.features)
     captions = load_captions(cfg.labels, cfg.split)
     if cfg.val_labels or cfg.val_split:  # the benchmark's own validation split
@@ -133,6 +135,13 @@ def prepare(cfg: TrainConfig, device: torch.device, processes_per_node: int = 1)
         captions = captions | {vid: val_captions[vid] for vid in val_ids}
     else:
         train_ids, val_ids = split_ids(usable_ids(captions, store, cfg.labels), cfg.val_fraction, cfg.seed)
+    return store, captions, train_ids, val_ids
+
+
+def prepare(cfg: TrainConfig, inputs: tuple, device: torch.device, processes_per_node: int = 1):
+    """Build the vocabulary (from the training split) and the data sets of `read_inputs`' ids. On a GPU
+    the features go to its memory when half of what is free holds them."""
+    store, captions, train_ids, val_ids = inputs
     vocab = Vocab.build({v: captions[v] for v in train_ids}, cfg.min_count)
     held_on, where = features_fit(store, len(train_ids) + len(val_ids), cfg.feature_memory, processes_per_node,
                                   device)
@@ -191,9 +200,10 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     if cfg.batch_size % world.size:
         raise ConfigError(f"the global batch size {cfg.batch_size} must divide by the number of processes "
                           f"{world.size}: pass a BATCH that does")
-    run = ensure_writable_folder(cfg.run_dir, "RUN")
     precision = resolve_precision(cfg.precision, device, TRAINING_PRECISIONS, auto_bf16_on_cpu=False)
-    store, vocab, train_set, val_set = prepare(cfg, device, world.local_size)
+    inputs = read_inputs(cfg)  # a refused label file or store leaves no run folder behind
+    run = ensure_writable_folder(cfg.run_dir, "RUN")
+    store, vocab, train_set, val_set = prepare(cfg, inputs, device, world.local_size)
     model, optimizer, scheduler = build(cfg, store, vocab, device)
     progress = resume(cfg, model, optimizer, scheduler, vocab, store, world)
     if progress.epoch >= cfg.epochs:

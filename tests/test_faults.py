@@ -28,6 +28,7 @@ from pipeline.features import extract
 from pipeline.store import FeatureStore, StoreError, StoreSettings
 from pipeline.training import train
 
+
 def _many_clips(folder: Path, n: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     write_index_video(folder / "clip_000.avi", 6)
@@ -406,3 +407,27 @@ def test_out_of_memory_in_extraction_names_batch_and_keeps_finished_clips(tmp_pa
     with pytest.raises(PipelineError, match=r"out of memory encoding 16 frames at once: lower BATCH .*BATCH=8"):
         extract(lite_config(raw, path))
     assert FeatureStore(path).ids() == sorted(p.name for p in SMALL_CLIPS)[:2]
+
+
+# -- a refused label file ------------------------------------------------------------------------------------
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("text", [b'[{"id": "a.avi", "caption": ["un caf\xe9"]}]', b'[{"id": "a.avi" "caption": []}]'],
+                         ids=["not-utf8", "malformed-json"])
+def test_a_refused_label_file_leaves_no_run_folder_and_an_existing_one_untouched(tmp_path, clip_features, tiny_run,
+                                                                                   text):
+    labels = tmp_path / "labels.json"
+    labels.write_bytes(text)
+    existing = tmp_path / "existing"
+    shutil.copytree(tiny_run, existing)
+    before = _files(existing)
+    for run in (tmp_path / "runs" / "new", existing):
+        proc = run_main(training.main, "--features", str(clip_features), "--labels", str(labels), "--run-dir",
+                        str(run), "--epochs", "61")
+        assert proc.returncode == 2 and f"error: {labels}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists(), "nothing is created for a run refused at its start"
+    assert _files(existing) == before
