@@ -8,7 +8,8 @@ from `last.pt` when there is one, then per epoch train, validate and save. What 
 checkpoint holds is `checkpoint`'s business, one optimisation step `train_step`'s,
 and under torchrun the processes and their weight check `distributed`'s.
 
-The labels and the store are checked before the run folder is made.
+The labels and the store are checked before the run folder is made; one training
+holds a run at a time (`RUN/.lock`, holding its process id).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .dataset import CaptionSet, batches, build_set, epoch_captions, features_fi
 from .decoding import caption_features
 from .devices import resolve_device
 from .errors import ConfigError, PipelineError, run_command
-from .files import atomic_write, ensure_writable_folder, write_json
+from .files import atomic_write, ensure_writable_folder, write_json, writer_lock
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
 from .plots import plot_history
@@ -203,6 +204,19 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     precision = resolve_precision(cfg.precision, device, TRAINING_PRECISIONS, auto_bf16_on_cpu=False)
     inputs = read_inputs(cfg)  # a refused label file or store leaves no run folder behind
     run = ensure_writable_folder(cfg.run_dir, "RUN")
+    with run_lock(run) if world.is_main else contextlib.nullcontext():
+        distributed.barrier(world)  # rank 0 holds RUN: a second training is refused before any rank writes
+        return _train_into(cfg, run, inputs, precision, device, world)
+
+
+def run_lock(run: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold `run` for one training: `RUN/.lock`, holding this process's id; another training of the same
+    run is refused at its start, naming it. Evaluation reads a run without it."""
+    return writer_lock(run / ".lock", f"RUN {run}", "another training", "RUN folder")
+
+
+def _train_into(cfg: TrainConfig, run: Path, inputs: tuple, precision: str, device: torch.device,
+                world: distributed.World) -> list[dict]:
     store, vocab, train_set, val_set = prepare(cfg, inputs, device, world.local_size)
     model, optimizer, scheduler = build(cfg, store, vocab, device)
     progress = resume(cfg, model, optimizer, scheduler, vocab, store, world)

@@ -431,3 +431,27 @@ def test_a_refused_label_file_leaves_no_run_folder_and_an_existing_one_untouched
         assert proc.returncode == 2 and f"error: {labels}" in proc.stderr, proc.stderr
     assert not (tmp_path / "runs").exists(), "nothing is created for a run refused at its start"
     assert _files(existing) == before
+
+
+# -- one training per run folder -----------------------------------------------------------------------------
+
+
+def test_a_second_training_of_a_run_is_refused_untouched_while_evaluation_still_reads_it(tmp_path, clip_features,
+                                                                                          tiny_run):
+    run, labels = tmp_path / "run", str(CLIPS_DIR / "labels.json")
+    shutil.copytree(tiny_run, run)
+    before = _files(run)
+    # What a first training holds for its whole run; the lock is taken on an open of its own, so it is refused
+    # within one process too, as it is between two.
+    with training.run_lock(run):
+        second = run_main(training.main, "--features", str(clip_features), "--labels", labels, "--run-dir", str(run),
+                          "--epochs", "200", "--lr", "0.01")
+        assert (run / ".lock").read_text() == str(os.getpid())
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    assert f"error: RUN {run} is in use by process {os.getpid()} (another training writing it): wait for it to " \
+           f"finish, or pass another RUN folder" in second.stderr
+    assert _files(run) == before, "config.json, the checkpoints and metrics.csv are untouched"
+    with training.run_lock(run):
+        evaluated = run_main(evaluation.main, "--run-dir", str(run), "--features", str(clip_features),
+                             "--references", labels)
+    assert evaluated.returncode == 0 and (run / "scores.json").is_file(), evaluated.stderr
