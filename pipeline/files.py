@@ -3,14 +3,16 @@
 Reads nothing; writes what its callers give it (`config.json`, `scores.json`,
 captions, checkpoints, `metrics.csv`): each file is written to a temporary file
 beside it and renamed into place, so a reader never sees half a file and a run
-killed mid-write leaves the previous version. `writer_lock` holds an output (a
-feature store, a run folder) for one run: a lock file holding the writer's process
-id, on which a second writer is refused.
+killed mid-write leaves the previous version. A write that fails (a full disk, an
+I/O error) is an `OutputError` naming the file and the reason, the previous version
+kept. `writer_lock` holds an output (a feature store, a run folder) for one run: a
+lock file holding the writer's process id, on which a second writer is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -20,16 +22,40 @@ from typing import Any, Callable, Iterator
 from .errors import ConfigError, PipelineError
 
 
+class OutputError(PipelineError):
+    """An output file that could not be written; the message names it and the reason."""
+
+
+def _unwritable(path: str | Path, exc: OSError) -> str:
+    """Why `path` could not be written, in words the user can act on."""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device to write {path}: free some space"
+    return f"{path} could not be written ({exc.strerror or exc})"
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write: `exc` itself, or the one it was raised over (torch's checkpoint
+    writer raises RuntimeError "unexpected pos ..." over the OSError of the file's own write)."""
+    return exc if isinstance(exc, OSError) else exc.__context__ if isinstance(exc.__context__, OSError) else None
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place; a write failing for
+    an OSError (a full disk) is an `OutputError` naming `path`, which keeps its previous version."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            write(tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except Exception as exc:
+        reason = _os_error(exc)
+        if reason is None:
+            raise
+        raise OutputError(_unwritable(path, reason)) from None
 
 
 def ensure_writable_folder(folder: str | Path, option: str) -> Path:

@@ -9,7 +9,9 @@ checkpoint holds is `checkpoint`'s business, one optimisation step `train_step`'
 and under torchrun the processes and their weight check `distributed`'s.
 
 The labels and the store are checked before the run folder is made; one training
-holds a run at a time (`RUN/.lock`, holding its process id).
+holds a run at a time (`RUN/.lock`, holding its process id), and a file of it that
+cannot be written (a full disk) stops the run naming `RUN`, `last.pt` keeping the
+last finished epoch.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .dataset import CaptionSet, batches, build_set, epoch_captions, features_fi
 from .decoding import caption_features
 from .devices import resolve_device
 from .errors import ConfigError, PipelineError, run_command
-from .files import atomic_write, ensure_writable_folder, write_json, writer_lock
+from .files import OutputError, atomic_write, ensure_writable_folder, write_json, writer_lock
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
 from .plots import plot_history
@@ -227,7 +229,8 @@ def _train_into(cfg: TrainConfig, run: Path, inputs: tuple, precision: str, devi
     _describe(cfg, train_set, val_set, vocab, store, f"device {device} at {precision}", world)
     layout = {"world_size": world.size, "batch_size_per_process": cfg.batch_size // world.size}
     if world.is_main:
-        write_json(run / "config.json", asdict(cfg) | layout)
+        with _write_failure_names_run(run, progress.epoch):
+            write_json(run / "config.json", asdict(cfg) | layout)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world.distributed else model
     step = TrainStep(net, optimizer, device, precision, vocab.pad_id, cfg.clip_grad, cfg.batch_size // world.size,
@@ -282,18 +285,33 @@ def _out_of_memory_names_batch(cfg: TrainConfig, run: Path, progress: Progress):
     try:
         yield
     except torch.OutOfMemoryError:
-        kept = f"{run / 'last.pt'} holds the {progress.epoch} epochs finished" if progress.epoch else \
-            "no epoch had finished"
         raise PipelineError(f"the GPU ran out of memory training with BATCH={cfg.batch_size}: lower BATCH (e.g. "
-                            f"BATCH={max(1, cfg.batch_size // 2)}); {kept}, and the next run resumes from there") \
-            from None
+                            f"BATCH={max(1, cfg.batch_size // 2)}); {_kept(run, progress.epoch)}") from None
+
+
+def _kept(run: Path, epochs: int) -> str:
+    """What a run stopped now leaves, `epochs` having finished."""
+    return f"{run / 'last.pt'} holds the {epochs} epochs finished, and the next run resumes from there" if epochs \
+        else "no epoch had finished, and the next run starts afresh"
+
+
+@contextlib.contextmanager
+def _write_failure_names_run(run: Path, epochs: int):
+    """A run file that could not be written (a full disk) becomes an error naming RUN and what `last.pt` holds
+    (`epochs` finished): it is written atomically, so a failed write leaves the previous one."""
+    try:
+        yield
+    except OutputError as exc:
+        raise OutputError(f"RUN: {exc}; {_kept(run, epochs)}") from None
 
 
 def _save(run: Path, checkpoint: dict, improved: bool, history: list[dict]) -> None:
-    save_checkpoint(run / "last.pt", checkpoint)
-    if improved:
-        save_checkpoint(run / "best.pt", checkpoint)
-    write_metrics(run / "metrics.csv", history)
+    with _write_failure_names_run(run, checkpoint["epoch"] - 1):
+        save_checkpoint(run / "last.pt", checkpoint)
+    with _write_failure_names_run(run, checkpoint["epoch"]):
+        if improved:
+            save_checkpoint(run / "best.pt", checkpoint)
+        write_metrics(run / "metrics.csv", history)
     row = history[-1]
     validation = "no validation" if row["val_loss"] is None else \
         f"val loss {row['val_loss']:.4f}, val BLEU-1 {row['val_bleu']:.4f}"

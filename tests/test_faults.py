@@ -3,6 +3,8 @@ hostile (docs/faults.md). Each test fails on the code before these guarantees.""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import shutil
@@ -455,3 +457,52 @@ def test_a_second_training_of_a_run_is_refused_untouched_while_evaluation_still_
         evaluated = run_main(evaluation.main, "--run-dir", str(run), "--features", str(clip_features),
                              "--references", labels)
     assert evaluated.returncode == 0 and (run / "scores.json").is_file(), evaluated.stderr
+
+
+# -- a full disk ---------------------------------------------------------------------------------------------
+
+
+class _FailingFile(io.RawIOBase):
+    """A file whose writes fail with `code` past its first kilobyte, as on a disk that fills or fails."""
+
+    def __init__(self, code: int):
+        self.code, self.written = code, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.written += len(data)
+        if self.written > 1024:
+            raise OSError(self.code, os.strerror(self.code))
+        return len(data)
+
+
+FULL = "no space left on the device to write {last}: free some space"
+
+
+@pytest.mark.parametrize("target, reason", [
+    pytest.param(lambda: open("/dev/full", "wb"), FULL, id="dev-full",  # the kernel's own ENOSPC
+                 marks=pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")),
+    pytest.param(lambda: _FailingFile(errno.ENOSPC), FULL, id="ENOSPC"),
+    pytest.param(lambda: _FailingFile(errno.EIO), "{last} could not be written (Input/output error)", id="EIO"),
+])
+def test_a_checkpoint_that_cannot_be_written_names_run_and_the_reason_and_keeps_the_finished_epochs(
+        tmp_path, clip_features, monkeypatch, target, reason):
+    run, labels = tmp_path / "run", str(CLIPS_DIR / "labels.json")
+    cfg = TrainConfig(features=str(clip_features), labels=labels, run_dir=str(run), epochs=2, hidden=16, embed=16,
+                      val_fraction=0)
+    train(cfg)
+    real_save = torch.save
+    # torch's own writer into that file: a failed write surfaces as an OSError, or as its RuntimeError
+    # "unexpected pos ..." raised over one
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, target()))
+    proc = run_main(training.main, "--features", str(clip_features), "--labels", labels, "--run-dir", str(run),
+                    "--epochs", "4", "--hidden", "16", "--embed", "16", "--val-fraction", "0")
+    monkeypatch.undo()
+    last = run / "last.pt"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"error: RUN: {reason.format(last=last)}; {last} holds the 2 epochs finished, and the next run " \
+           f"resumes from there" in proc.stderr
+    assert load_checkpoint(last)["epoch"] == 2 and not list(run.glob(".*tmp*"))
+    assert [row["epoch"] for row in train(TrainConfig(**{**cfg.__dict__, "epochs": 4}))] == [0, 1, 2, 3]
