@@ -506,3 +506,22 @@ def test_a_checkpoint_that_cannot_be_written_names_run_and_the_reason_and_keeps_
            f"resumes from there" in proc.stderr
     assert load_checkpoint(last)["epoch"] == 2 and not list(run.glob(".*tmp*"))
     assert [row["epoch"] for row in train(TrainConfig(**{**cfg.__dict__, "epochs": 4}))] == [0, 1, 2, 3]
+
+
+# -- what make eval says -------------------------------------------------------------------------------------
+
+
+def test_empty_captions_are_reported_alike_by_make_eval_and_by_scoring_its_captions_file(tmp_path, clip_features,
+                                                                                           tiny_run, monkeypatch):
+    run, labels = tmp_path / "run", str(CLIPS_DIR / "labels.json")
+    shutil.copytree(tiny_run, run)
+    monkeypatch.setattr(evaluation, "caption_videos", lambda model, vocab, store, ids, cfg: dict.fromkeys(ids, ""))
+    with pytest.warns(UserWarning, match="empty captions") as by_eval:
+        evaluated = run_main(evaluation.main, "--run-dir", str(run), "--features", str(clip_features),
+                             "--references", labels)
+    with pytest.warns(UserWarning, match="empty captions") as by_file:
+        scored = run_main(evaluation.main, "--predictions", str(run / "captions.txt"), "--references", labels)
+    assert evaluated.returncode == scored.returncode == 0, evaluated.stderr + scored.stderr
+    names = sorted(p.name for p in SMALL_CLIPS)
+    said = [[str(w.message) for w in record if "empty captions" in str(w.message)] for record in (by_eval, by_file)]
+    assert said[0] == said[1] == [f"{run / 'captions.txt'}: 4 empty captions (e.g. {names[:3]}) score 0"]
