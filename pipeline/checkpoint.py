@@ -49,7 +49,12 @@ class Progress:
 
 
 def save_checkpoint(path: Path, checkpoint: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+    """`checkpoint` into `path`, atomically; a failed write is an `OutputError` saying why (a full disk)."""
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a Python file: a failed write raises OSError with its errno, where torch's
+            torch.save(checkpoint, f)  # own writer (given a path) says only "unexpected pos" or "iostream error"
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -26,7 +26,7 @@ from .errors import run_command
 from .files import atomic_write, ensure_writable_folder, write_json
 from .metrics import bleu1_per_video
 from .report import write_report
-from .scoring import format_scores, score_file, scores_with_baseline
+from .scoring import format_scores, score_file, scores_with_baseline, warn_empty_captions
 from .store import FeatureStore
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     ids = usable_ids(references, store, cfg.references)
     captions = caption_videos(model, vocab, store, ids, cfg)
     write_captions(run / "captions.txt", captions)
+    warn_empty_captions(captions, str(run / "captions.txt"))
     references = {vid: references[vid] for vid in ids}
     per_video = bleu1_per_video(captions, references)  # the headline score's parts, and the report's ranking
     trained_on = checkpoint["train_config"]  # the run's training captions, and their split (none before splits)

@@ -1,31 +1,61 @@
-"""Writes the pipeline's output files atomically, into folders checked to be writable first.
+"""Writes the pipeline's output files atomically, into folders checked to be writable first, one writer at a time.
 
 Reads nothing; writes what its callers give it (`config.json`, `scores.json`,
 captions, checkpoints, `metrics.csv`): each file is written to a temporary file
 beside it and renamed into place, so a reader never sees half a file and a run
-killed mid-write leaves the previous version.
+killed mid-write leaves the previous version. A write that fails (a full disk, an
+I/O error) is an `OutputError` naming the file and the reason, the previous version
+kept. `writer_lock` holds an output (a feature store, a run folder) for one run: a
+lock file holding the writer's process id, on which a second writer is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from .errors import ConfigError
+from .errors import ConfigError, PipelineError
+
+
+class OutputError(PipelineError):
+    """An output file that could not be written; the message names it and the reason."""
+
+
+def _unwritable(path: str | Path, exc: OSError) -> str:
+    """Why `path` could not be written, in words the user can act on."""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device to write {path}: free some space"
+    return f"{path} could not be written ({exc.strerror or exc})"
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write: `exc` itself, or the one it was raised over (torch's checkpoint
+    writer raises RuntimeError "unexpected pos ..." over the OSError of the file's own write)."""
+    return exc if isinstance(exc, OSError) else exc.__context__ if isinstance(exc.__context__, OSError) else None
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place; a write failing for
+    an OSError (a full disk) is an `OutputError` naming `path`, which keeps its previous version."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            write(tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except Exception as exc:
+        reason = _os_error(exc)
+        if reason is None:
+            raise
+        raise OutputError(_unwritable(path, reason)) from None
 
 
 def ensure_writable_folder(folder: str | Path, option: str) -> Path:
@@ -45,6 +75,38 @@ def ensure_writable_folder(folder: str | Path, option: str) -> Path:
         raise ConfigError(f"{option}: cannot write in {folder} ({exc.strerror or exc}); pass a {option} path "
                           f"in a folder you can write") from None
     return folder
+
+
+@contextlib.contextmanager
+def writer_lock(lock: Path, name: str, writer: str, option: str,
+                error: type[PipelineError] = PipelineError) -> Iterator[None]:
+    """Hold the right to write `name` for one run: the file `lock`, locked (flock, released by the system
+    if the process dies) and holding this process's id while the block runs. Another process holding it
+    (or another open of it here) is refused at once with an `error` naming `name`, that process's id and
+    the `writer` it is, and suggesting another `option`."""
+    try:
+        handle = open(lock, "a+")
+    except OSError as exc:
+        raise error(f"cannot write the lock file {lock} ({exc.strerror}): pass another {option} you can "
+                    f"write") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise error(f"{name} is in use by process {owner} ({writer} writing it): wait for it to finish, "
+                        f"or pass another {option}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_json(path: str | Path, data: Any) -> None:

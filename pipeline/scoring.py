@@ -71,10 +71,16 @@ def match_ids(predictions: dict[str, str], references: dict[str, list[str]], nam
         problems.append(f"{len(missing)} reference videos have no caption (e.g. {missing[:3]})")
     if problems:
         raise PredictionError(f"{name}: " + "; ".join(problems))
-    empty = sorted(vid for vid, caption in matched.items() if not caption)
-    if empty:
-        warnings.warn(f"{name}: {len(empty)} empty captions (e.g. {empty[:3]}) score 0", stacklevel=2)
+    warn_empty_captions(matched, name)
     return matched
+
+
+def warn_empty_captions(captions: dict[str, str], name: str) -> None:
+    """Warn, naming the captions file `name`, when captions are empty: they are scored, and score 0. Both
+    `make eval` and scoring a captions file say it this way."""
+    empty = sorted(vid for vid, caption in captions.items() if not caption)
+    if empty:
+        warnings.warn(f"{name}: {len(empty)} empty captions (e.g. {empty[:3]}) score 0", stacklevel=3)
 
 
 def score_file(predictions_path: str | Path, references_path: str | Path, split: str = "") -> dict:

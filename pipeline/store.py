@@ -24,7 +24,6 @@ What it guarantees, and how:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import platform
@@ -38,6 +37,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from . import files
 from .config import InspectConfig, parse_config
 from .errors import PipelineError, run_command
 
@@ -140,35 +140,12 @@ def _inside(path: Path, mode: str) -> Iterator[h5py.File]:
                              f"{path}` lists what can still be read; move it away to extract again") from None
 
 
-@contextlib.contextmanager
-def writer_lock(path: str | Path) -> Iterator[None]:
+def writer_lock(path: str | Path) -> contextlib.AbstractContextManager[None]:
     """Hold the right to write `path` for one run: a lock file beside it (`.<name>.lock`) with this
     process's id; a store another run is writing is refused with that run's process id."""
     path = Path(path)
-    lock = path.with_name(f".{path.name}.lock")
-    try:
-        handle = open(lock, "a+")
-    except OSError as exc:
-        raise StoreError(f"cannot write beside {path} ({exc.strerror}): pass a FEATURES path in a folder you "
-                         f"can write") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "unknown"
-            raise StoreError(f"{path} is in use by process {owner} (another feature extraction writing it): "
-                             f"wait for it to finish, or pass another FEATURES path") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return files.writer_lock(path.with_name(f".{path.name}.lock"), str(path), "another feature extraction",
+                             "FEATURES path", StoreError)
 
 
 class FeatureStore:

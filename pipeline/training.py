@@ -7,6 +7,11 @@ The shape of torchvision's reference `main`: build the data and the model, resum
 from `last.pt` when there is one, then per epoch train, validate and save. What a
 checkpoint holds is `checkpoint`'s business, one optimisation step `train_step`'s,
 and under torchrun the processes and their weight check `distributed`'s.
+
+The labels and the store are checked before the run folder is made; one training
+holds a run at a time (`RUN/.lock`, holding its process id), and a file of it that
+cannot be written (a full disk) stops the run naming `RUN`, `last.pt` keeping the
+last finished epoch.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from .dataset import CaptionSet, batches, build_set, epoch_captions, features_fi
 from .decoding import caption_features
 from .devices import resolve_device
 from .errors import ConfigError, PipelineError, run_command
-from .files import atomic_write, ensure_writable_folder, write_json
+from .files import OutputError, atomic_write, ensure_writable_folder, write_json, writer_lock
 from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
 from .plots import plot_history
@@ -116,9 +121,9 @@ def _lr_factor(cfg: TrainConfig):
     return lambda epoch: 1.0
 
 
-def prepare(cfg: TrainConfig, device: torch.device, processes_per_node: int = 1):
-    """Load labels and features, split, and build the vocabulary (from the training split). On a GPU
-    the features go to its memory when half of what is free holds them."""
+def read_inputs(cfg: TrainConfig) -> tuple[FeatureStore, dict[str, list[str]], list[str], list[str]]:
+    """The store, the captions and the (training, validation) video ids: every input a run is refused for
+    that is cheap to check, checked before the run folder is made."""
     store = FeatureStore(cfg.features)
     captions = load_captions(cfg.labels, cfg.split)
     if cfg.val_labels or cfg.val_split:  # the benchmark's own validation split
@@ -133,6 +138,13 @@ def prepare(cfg: TrainConfig, device: torch.device, processes_per_node: int = 1)
         captions = captions | {vid: val_captions[vid] for vid in val_ids}
     else:
         train_ids, val_ids = split_ids(usable_ids(captions, store, cfg.labels), cfg.val_fraction, cfg.seed)
+    return store, captions, train_ids, val_ids
+
+
+def prepare(cfg: TrainConfig, inputs: tuple, device: torch.device, processes_per_node: int = 1):
+    """Build the vocabulary (from the training split) and the data sets of `read_inputs`' ids. On a GPU
+    the features go to its memory when half of what is free holds them."""
+    store, captions, train_ids, val_ids = inputs
     vocab = Vocab.build({v: captions[v] for v in train_ids}, cfg.min_count)
     held_on, where = features_fit(store, len(train_ids) + len(val_ids), cfg.feature_memory, processes_per_node,
                                   device)
@@ -191,9 +203,23 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     if cfg.batch_size % world.size:
         raise ConfigError(f"the global batch size {cfg.batch_size} must divide by the number of processes "
                           f"{world.size}: pass a BATCH that does")
-    run = ensure_writable_folder(cfg.run_dir, "RUN")
     precision = resolve_precision(cfg.precision, device, TRAINING_PRECISIONS, auto_bf16_on_cpu=False)
-    store, vocab, train_set, val_set = prepare(cfg, device, world.local_size)
+    inputs = read_inputs(cfg)  # a refused label file or store leaves no run folder behind
+    run = ensure_writable_folder(cfg.run_dir, "RUN")
+    with run_lock(run) if world.is_main else contextlib.nullcontext():
+        distributed.barrier(world)  # rank 0 holds RUN: a second training is refused before any rank writes
+        return _train_into(cfg, run, inputs, precision, device, world)
+
+
+def run_lock(run: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold `run` for one training: `RUN/.lock`, holding this process's id; another training of the same
+    run is refused at its start, naming it. Evaluation reads a run without it."""
+    return writer_lock(run / ".lock", f"RUN {run}", "another training", "RUN folder")
+
+
+def _train_into(cfg: TrainConfig, run: Path, inputs: tuple, precision: str, device: torch.device,
+                world: distributed.World) -> list[dict]:
+    store, vocab, train_set, val_set = prepare(cfg, inputs, device, world.local_size)
     model, optimizer, scheduler = build(cfg, store, vocab, device)
     progress = resume(cfg, model, optimizer, scheduler, vocab, store, world)
     if progress.epoch >= cfg.epochs:
@@ -203,7 +229,8 @@ def _train(cfg: TrainConfig, device: torch.device, world: distributed.World) -> 
     _describe(cfg, train_set, val_set, vocab, store, f"device {device} at {precision}", world)
     layout = {"world_size": world.size, "batch_size_per_process": cfg.batch_size // world.size}
     if world.is_main:
-        write_json(run / "config.json", asdict(cfg) | layout)
+        with _write_failure_names_run(run, progress.epoch):
+            write_json(run / "config.json", asdict(cfg) | layout)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world.distributed else model
     step = TrainStep(net, optimizer, device, precision, vocab.pad_id, cfg.clip_grad, cfg.batch_size // world.size,
@@ -258,18 +285,33 @@ def _out_of_memory_names_batch(cfg: TrainConfig, run: Path, progress: Progress):
     try:
         yield
     except torch.OutOfMemoryError:
-        kept = f"{run / 'last.pt'} holds the {progress.epoch} epochs finished" if progress.epoch else \
-            "no epoch had finished"
         raise PipelineError(f"the GPU ran out of memory training with BATCH={cfg.batch_size}: lower BATCH (e.g. "
-                            f"BATCH={max(1, cfg.batch_size // 2)}); {kept}, and the next run resumes from there") \
-            from None
+                            f"BATCH={max(1, cfg.batch_size // 2)}); {_kept(run, progress.epoch)}") from None
+
+
+def _kept(run: Path, epochs: int) -> str:
+    """What a run stopped now leaves, `epochs` having finished."""
+    return f"{run / 'last.pt'} holds the {epochs} epochs finished, and the next run resumes from there" if epochs \
+        else "no epoch had finished, and the next run starts afresh"
+
+
+@contextlib.contextmanager
+def _write_failure_names_run(run: Path, epochs: int):
+    """A run file that could not be written (a full disk) becomes an error naming RUN and what `last.pt` holds
+    (`epochs` finished): it is written atomically, so a failed write leaves the previous one."""
+    try:
+        yield
+    except OutputError as exc:
+        raise OutputError(f"RUN: {exc}; {_kept(run, epochs)}") from None
 
 
 def _save(run: Path, checkpoint: dict, improved: bool, history: list[dict]) -> None:
-    save_checkpoint(run / "last.pt", checkpoint)
-    if improved:
-        save_checkpoint(run / "best.pt", checkpoint)
-    write_metrics(run / "metrics.csv", history)
+    with _write_failure_names_run(run, checkpoint["epoch"] - 1):
+        save_checkpoint(run / "last.pt", checkpoint)
+    with _write_failure_names_run(run, checkpoint["epoch"]):
+        if improved:
+            save_checkpoint(run / "best.pt", checkpoint)
+        write_metrics(run / "metrics.csv", history)
     row = history[-1]
     validation = "no validation" if row["val_loss"] is None else \
         f"val loss {row['val_loss']:.4f}, val BLEU-1 {row['val_bleu']:.4f}"

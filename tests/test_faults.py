@@ -3,6 +3,8 @@ hostile (docs/faults.md). Each test fails on the code before these guarantees.""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import shutil
@@ -27,6 +29,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.features import extract
 from pipeline.store import FeatureStore, StoreError, StoreSettings
 from pipeline.training import train
+
 
 def _many_clips(folder: Path, n: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -406,3 +409,119 @@ def test_out_of_memory_in_extraction_names_batch_and_keeps_finished_clips(tmp_pa
     with pytest.raises(PipelineError, match=r"out of memory encoding 16 frames at once: lower BATCH .*BATCH=8"):
         extract(lite_config(raw, path))
     assert FeatureStore(path).ids() == sorted(p.name for p in SMALL_CLIPS)[:2]
+
+
+# -- a refused label file ------------------------------------------------------------------------------------
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("text", [b'[{"id": "a.avi", "caption": ["un caf\xe9"]}]', b'[{"id": "a.avi" "caption": []}]'],
+                         ids=["not-utf8", "malformed-json"])
+def test_a_refused_label_file_leaves_no_run_folder_and_an_existing_one_untouched(tmp_path, clip_features, tiny_run,
+                                                                                   text):
+    labels = tmp_path / "labels.json"
+    labels.write_bytes(text)
+    existing = tmp_path / "existing"
+    shutil.copytree(tiny_run, existing)
+    before = _files(existing)
+    for run in (tmp_path / "runs" / "new", existing):
+        proc = run_main(training.main, "--features", str(clip_features), "--labels", str(labels), "--run-dir",
+                        str(run), "--epochs", "61")
+        assert proc.returncode == 2 and f"error: {labels}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists(), "nothing is created for a run refused at its start"
+    assert _files(existing) == before
+
+
+# -- one training per run folder -----------------------------------------------------------------------------
+
+
+def test_a_second_training_of_a_run_is_refused_untouched_while_evaluation_still_reads_it(tmp_path, clip_features,
+                                                                                          tiny_run):
+    run, labels = tmp_path / "run", str(CLIPS_DIR / "labels.json")
+    shutil.copytree(tiny_run, run)
+    before = _files(run)
+    # What a first training holds for its whole run; the lock is taken on an open of its own, so it is refused
+    # within one process too, as it is between two.
+    with training.run_lock(run):
+        second = run_main(training.main, "--features", str(clip_features), "--labels", labels, "--run-dir", str(run),
+                          "--epochs", "200", "--lr", "0.01")
+        assert (run / ".lock").read_text() == str(os.getpid())
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    assert f"error: RUN {run} is in use by process {os.getpid()} (another training writing it): wait for it to " \
+           f"finish, or pass another RUN folder" in second.stderr
+    assert _files(run) == before, "config.json, the checkpoints and metrics.csv are untouched"
+    with training.run_lock(run):
+        evaluated = run_main(evaluation.main, "--run-dir", str(run), "--features", str(clip_features),
+                             "--references", labels)
+    assert evaluated.returncode == 0 and (run / "scores.json").is_file(), evaluated.stderr
+
+
+# -- a full disk ---------------------------------------------------------------------------------------------
+
+
+class _FailingFile(io.RawIOBase):
+    """A file whose writes fail with `code` past its first kilobyte, as on a disk that fills or fails."""
+
+    def __init__(self, code: int):
+        self.code, self.written = code, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.written += len(data)
+        if self.written > 1024:
+            raise OSError(self.code, os.strerror(self.code))
+        return len(data)
+
+
+FULL = "no space left on the device to write {last}: free some space"
+
+
+@pytest.mark.parametrize("target, reason", [
+    pytest.param(lambda: open("/dev/full", "wb"), FULL, id="dev-full",  # the kernel's own ENOSPC
+                 marks=pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")),
+    pytest.param(lambda: _FailingFile(errno.ENOSPC), FULL, id="ENOSPC"),
+    pytest.param(lambda: _FailingFile(errno.EIO), "{last} could not be written (Input/output error)", id="EIO"),
+])
+def test_a_checkpoint_that_cannot_be_written_names_run_and_the_reason_and_keeps_the_finished_epochs(
+        tmp_path, clip_features, monkeypatch, target, reason):
+    run, labels = tmp_path / "run", str(CLIPS_DIR / "labels.json")
+    cfg = TrainConfig(features=str(clip_features), labels=labels, run_dir=str(run), epochs=2, hidden=16, embed=16,
+                      val_fraction=0)
+    train(cfg)
+    real_save = torch.save
+    # torch's own writer into that file: a failed write surfaces as an OSError, or as its RuntimeError
+    # "unexpected pos ..." raised over one
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, target()))
+    proc = run_main(training.main, "--features", str(clip_features), "--labels", labels, "--run-dir", str(run),
+                    "--epochs", "4", "--hidden", "16", "--embed", "16", "--val-fraction", "0")
+    monkeypatch.undo()
+    last = run / "last.pt"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"error: RUN: {reason.format(last=last)}; {last} holds the 2 epochs finished, and the next run " \
+           f"resumes from there" in proc.stderr
+    assert load_checkpoint(last)["epoch"] == 2 and not list(run.glob(".*tmp*"))
+    assert [row["epoch"] for row in train(TrainConfig(**{**cfg.__dict__, "epochs": 4}))] == [0, 1, 2, 3]
+
+
+# -- what make eval says -------------------------------------------------------------------------------------
+
+
+def test_empty_captions_are_reported_alike_by_make_eval_and_by_scoring_its_captions_file(tmp_path, clip_features,
+                                                                                           tiny_run, monkeypatch):
+    run, labels = tmp_path / "run", str(CLIPS_DIR / "labels.json")
+    shutil.copytree(tiny_run, run)
+    monkeypatch.setattr(evaluation, "caption_videos", lambda model, vocab, store, ids, cfg: dict.fromkeys(ids, ""))
+    with pytest.warns(UserWarning, match="empty captions") as by_eval:
+        evaluated = run_main(evaluation.main, "--run-dir", str(run), "--features", str(clip_features),
+                             "--references", labels)
+    with pytest.warns(UserWarning, match="empty captions") as by_file:
+        scored = run_main(evaluation.main, "--predictions", str(run / "captions.txt"), "--references", labels)
+    assert evaluated.returncode == scored.returncode == 0, evaluated.stderr + scored.stderr
+    names = sorted(p.name for p in SMALL_CLIPS)
+    said = [[str(w.message) for w in record if "empty captions" in str(w.message)] for record in (by_eval, by_file)]
+    assert said[0] == said[1] == [f"{run / 'captions.txt'}: 4 empty captions (e.g. {names[:3]}) score 0"]
