@@ -406,3 +406,77 @@ def test_out_of_memory_in_extraction_names_batch_and_keeps_finished_clips(tmp_pa
     with pytest.raises(PipelineError, match=r"out of memory encoding 16 frames at once: lower BATCH .*BATCH=8"):
         extract(lite_config(raw, path))
     assert FeatureStore(path).ids() == sorted(p.name for p in SMALL_CLIPS)[:2]
+
+
+# -- values that are not numbers ------------------------------------------------------------------------------
+
+
+def _tiny_training(run: Path, clip_features: Path, *more: str) -> list[str]:
+    return ["--features", str(clip_features), "--labels", str(CLIPS_DIR / "labels.json"), "--run-dir", str(run),
+            "--hidden", "16", "--embed", "16", "--batch-size", "2", "--val-fraction", "0", *more]
+
+
+def test_a_loss_turning_non_finite_stops_training_naming_epoch_and_step_and_keeps_last_pt(tmp_path, clip_features,
+                                                                                           monkeypatch):
+    real_batches, given = training.batches, []
+
+    def poisoned(data, rows, size):  # 2 steps an epoch (4 videos, a caption each, 2 a batch): the fifth step's
+        for tokens, batch in real_batches(data, rows, size):  # features are NaN, as a diverging model's are
+            given.append(1)
+            yield tokens, batch * np.nan if len(given) == 5 else batch
+
+    monkeypatch.setattr(training, "batches", poisoned)
+    run = tmp_path / "run"
+    proc = run_main(training.main, *_tiny_training(run, clip_features, "--epochs", "4"))
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    assert proc.stderr.splitlines()[-1] == (f"error: training diverged: the loss became nan at epoch 2, step 1 of 2, "
+                                            f"so the run stopped; {run / 'last.pt'} holds the 2 epochs finished "
+                                            f"before it, untouched. Run again with a lower --lr (this run's: 0.001) "
+                                            f"to resume from there")
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 2 and all(torch.isfinite(t).all() for t in last["model"].values())
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3 and "run: " not in proc.stdout
+    monkeypatch.setattr(training, "batches", real_batches)
+    proc = run_main(training.main, *_tiny_training(run, clip_features, "--epochs", "4"))
+    assert proc.returncode == 0 and "resuming" in proc.stdout and len(load_checkpoint(run / "last.pt")["history"]) == 4
+
+
+def test_weights_turning_non_finite_with_finite_losses_stop_training_too(tmp_path, clip_features, monkeypatch):
+    from pipeline import train_step
+
+    real_step, steps = train_step.TrainStep.__call__, []
+
+    def overflowing(self, *args):  # the last step of epoch 1 leaves a weight infinite, its loss finite
+        loss = real_step(self, *args)
+        steps.append(1)
+        if len(steps) == 4:
+            next(self.model.parameters()).data[0] = np.inf
+        return loss
+
+    monkeypatch.setattr(train_step.TrainStep, "__call__", overflowing)
+    run = tmp_path / "run"
+    proc = run_main(training.main, *_tiny_training(run, clip_features, "--epochs", "3"))
+    assert proc.returncode == 2 and "the weights became NaN or infinite in epoch 1" in proc.stderr, proc.stderr
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+
+
+def test_a_checkpoint_holding_non_finite_weights_is_refused_naming_it(tmp_path, clip_features, tiny_run):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    next(iter(checkpoint["model"].values()))[0] = float("nan")
+    torch.save(checkpoint, run / "best.pt")
+    for main, *args in [(evaluation.main, "--features", str(clip_features), "--references",
+                         str(CLIPS_DIR / "labels.json")),
+                        (evaluation.main, "--all", "--features", str(clip_features)),
+                        (caption_files.main, str(SMALL_CLIPS[0]))]:
+        proc = run_main(main, *args, "--run-dir", str(run))
+        assert proc.returncode == 2 and f"error: {run / 'best.pt'}: its weights hold NaN or infinite" in proc.stderr
+
+
+def test_the_last_line_of_a_run_lists_only_the_files_it_wrote(tmp_path, clip_features, monkeypatch):
+    monkeypatch.setattr(training, "course_bleu1", lambda *args: float("nan"))  # no epoch improves: no best.pt
+    run = tmp_path / "run"
+    proc = run_main(training.main, *_tiny_training(run, clip_features, "--epochs", "1", "--val-fraction", "0.5"))
+    assert proc.returncode == 0 and not (run / "best.pt").exists()
+    assert proc.stdout.splitlines()[-1] == f"run: {run} (last.pt, metrics.csv, curves.png, schedule.png)"
