@@ -411,6 +411,76 @@ def test_out_of_memory_in_extraction_names_batch_and_keeps_finished_clips(tmp_pa
 # -- values that are not numbers ------------------------------------------------------------------------------
 
 
+def _poisoned_copy(clip_features: Path, folder: Path) -> tuple[Path, list[str]]:
+    """A copy of `clip_features` where, written with plain h5py, one video holds NaN and another +Inf."""
+    path = Path(shutil.copy(clip_features, folder / "poisoned.h5"))
+    bad = [SMALL_CLIPS[1].name, SMALL_CLIPS[2].name]
+    with h5py.File(path, "a") as f:
+        f["features"][bad[0]][3, 5] = np.nan
+        f["features"][bad[1]][:, 0] = np.inf
+    return path, bad
+
+
+def test_non_finite_features_in_a_store_are_refused_by_every_stage_naming_the_video(tmp_path, clip_features,
+                                                                                     tiny_run):
+    path, bad = _poisoned_copy(clip_features, tmp_path)
+    with pytest.raises(StoreError) as refused:
+        FeatureStore(path).read_many(sorted(p.name for p in SMALL_CLIPS))
+    assert str(path) in str(refused.value) and all(f"{vid}: non-finite values" in str(refused.value) for vid in bad)
+    checked = run_main(store_module.main, str(path))
+    assert checked.returncode == 1 and all(f"problem: {vid}: non-finite values" in checked.stdout for vid in bad)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    train_args = ["--features", str(path), "--labels", str(CLIPS_DIR / "labels.json"), "--epochs", "1",
+                  "--hidden", "16", "--embed", "16", "--val-fraction", "0"]
+    commands = {"train": (training.main, *train_args, "--run-dir", str(tmp_path / "new")),
+                "train, features read batch by batch": (training.main, *train_args, "--run-dir",
+                                                         str(tmp_path / "big"), "--feature-memory", "1e-9"),
+                "eval": (evaluation.main, "--run-dir", str(run), "--features", str(path), "--references",
+                         str(CLIPS_DIR / "labels.json")),
+                "captions": (evaluation.main, "--all", "--run-dir", str(run), "--features", str(path))}
+    printed = {}
+    for name, (main, *args) in commands.items():
+        proc = run_main(main, *args)
+        error = proc.stderr.splitlines()[-1]
+        assert proc.returncode == 2 and error.startswith(f"error: {path}: "), f"{name}: {proc.stderr[-1500:]}"
+        assert all(f"{vid}: non-finite values" in error for vid in bad), f"{name}: {error}"
+        assert "touch their clips in RAW and run `make features`" in error, error
+        printed[name] = proc.stdout
+    assert "batch by batch" in printed["train, features read batch by batch"]
+    assert not any("Epoch 0" in printed[name] for name in printed if name.startswith("train"))
+    assert not list((tmp_path / "new").glob("*.pt")) and not list((tmp_path / "big").glob("*.pt"))
+    assert not (run / "captions_all.txt").exists()
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in tiny_run.iterdir())
+
+
+def test_a_backbone_giving_non_finite_features_fails_that_clip_in_extraction_and_in_caption_py(tmp_path, tiny_run,
+                                                                                                monkeypatch):
+    encoded = []
+
+    def overflowing(real):  # the second clip's features overflow, as a backbone at fp16 can
+        def encode(*args, **kwargs):
+            out = real(*args, **kwargs)
+            encoded.append(1)
+            return out + np.inf if len(encoded) == 2 else out
+        return encode
+
+    monkeypatch.setattr(features, "encode_frames", overflowing(features.encode_frames))
+    raw, path = copy_clips(SMALL_CLIPS[:3], tmp_path / "raw"), tmp_path / "f.h5"
+    proc = run_main(features.main, "--raw", str(raw), "--features", str(path), "--backbone", "efficientnet_lite0",
+                    "--weights", "random", "--frames", "4")
+    assert proc.returncode == 1 and f"failed: {raw / SMALL_CLIPS[1].name}: the backbone gave non-finite" in proc.stdout
+    failed = json.loads((tmp_path / "f.failures.json").read_text())["failed"]
+    assert [Path(f["file"]).name for f in failed] == [SMALL_CLIPS[1].name]
+    assert "NaN or infinite" in failed[0]["reason"] and "PRECISION=fp32" in failed[0]["reason"]
+    assert FeatureStore(path).ids() == [SMALL_CLIPS[0].name, SMALL_CLIPS[2].name]
+    encoded.clear()
+    monkeypatch.setattr(caption_files, "encode_clip", overflowing(caption_files.encode_clip))
+    proc = run_main(caption_files.main, str(SMALL_CLIPS[0]), str(SMALL_CLIPS[1]), "--run-dir", str(tiny_run))
+    assert proc.returncode == 1 and proc.stdout.startswith(f"{SMALL_CLIPS[0].name},") and len(proc.stdout.split()) > 1
+    assert f"could not caption {SMALL_CLIPS[1]}: the backbone gave non-finite features" in proc.stderr
+
+
 def _tiny_training(run: Path, clip_features: Path, *more: str) -> list[str]:
     return ["--features", str(clip_features), "--labels", str(CLIPS_DIR / "labels.json"), "--run-dir", str(run),
             "--hidden", "16", "--embed", "16", "--batch-size", "2", "--val-fraction", "0", *more]
