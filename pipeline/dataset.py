@@ -45,8 +45,8 @@ class StoredFeatures:
         return torch.from_numpy(self.store.read_many(picked).astype(np.float32, copy=False))
 
     def check(self) -> None:
-        """Read every video once, `CHECK_CHUNK` at a time: one the store refuses (its values not finite) is
-        named now, before training, not when an epoch reaches it."""
+        """Read every video once, `CHECK_CHUNK` at a time: one the store refuses (its values not finite, its
+        checksum not matching) is named now, before training, not when an epoch reaches it."""
         for start in range(0, len(self.ids), CHECK_CHUNK):
             self.store.read_many(self.ids[start:start + CHECK_CHUNK])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -550,3 +551,49 @@ def test_the_last_line_of_a_run_lists_only_the_files_it_wrote(tmp_path, clip_fea
     proc = run_main(training.main, *_tiny_training(run, clip_features, "--epochs", "1", "--val-fraction", "0.5"))
     assert proc.returncode == 0 and not (run / "best.pt").exists()
     assert proc.stdout.splitlines()[-1] == f"run: {run} (last.pt, metrics.csv, curves.png, schedule.png)"
+
+
+# -- values damaged inside: checksums -------------------------------------------------------------------------
+
+
+def test_values_damaged_inside_a_video_fail_its_checksum_at_every_stage(tmp_path, clip_features, tiny_run):
+    path = Path(shutil.copy(clip_features, tmp_path / "rotted.h5"))
+    victim = SMALL_CLIPS[2].name
+    with h5py.File(path, "r") as f:
+        chunk = f["features"][victim].id.get_chunk_info(0)  # the video's values: one chunk, and its checksum
+    with path.open("r+b") as f:  # 4 KB in the middle of its values rot
+        f.seek(chunk.byte_offset + chunk.size // 2)
+        f.write(np.random.default_rng(0).bytes(4096))
+    damaged = f"{victim}: damaged: its checksum does not match"
+    store = FeatureStore(path)
+    with pytest.raises(StoreError, match=re.escape(f"{path}: video {damaged}; extract it again: touch its clip")):
+        store.read_many(store.ids())
+    others = [vid for vid in store.ids() if vid != victim]
+    assert store.read_many(others).shape == (3, 16, 1280)
+    checked = run_main(store_module.main, str(path))
+    assert checked.returncode == 1 and f"problem: {damaged}" in checked.stdout and "1 problems" in checked.stdout
+    assert "no checksums" not in checked.stdout
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for main, *args in [(training.main, *_tiny_training(tmp_path / "new", path, "--epochs", "1")),
+                        (evaluation.main, "--run-dir", str(run), "--features", str(path), "--references",
+                         str(CLIPS_DIR / "labels.json"))]:
+        proc = run_main(main, *args)
+        assert proc.returncode == 2 and f"error: {path}: video {damaged}" in proc.stderr, proc.stderr[-1500:]
+
+
+def test_a_store_without_checksums_is_read_and_the_validator_says_damage_would_go_unseen(tmp_path):
+    ids = ["a.avi", "b.avi"]
+    path = tmp_path / "old.h5"
+    FeatureStore.open_or_create(path, STORE_SETTINGS, {})
+    with h5py.File(path, "a") as f:  # as stores were written before checksums: contiguous, no filter
+        for i, vid in enumerate(ids):
+            f["features"].create_dataset(vid, data=np.full((4, 6), i, np.float32)).attrs.update(source_attrs(i))
+    store = FeatureStore(path)
+    assert store.read_many(ids)[1, 0, 0] == 1 and store.without_checksums() == ids
+    store.write("c.avi", np.ones((4, 6), np.float32), source_attrs(2))  # what a new extraction adds has them
+    assert store.without_checksums() == ids
+    checked = run_main(store_module.main, str(path))
+    assert checked.returncode == 0 and checked.stdout.endswith("valid\n")
+    assert "note: 2 videos have no checksums" in checked.stdout and "damage to their values cannot be detected" \
+        in checked.stdout and "into a new FEATURES path" in checked.stdout
