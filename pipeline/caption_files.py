@@ -3,7 +3,8 @@
 Reads the given video files and a checkpoint (`RUN/best.pt`); writes nothing, and
 prints one `video_id,caption` line per video. The sampler, frame count, backbone,
 weights and preprocessing are the ones the run was trained on, read from the
-checkpoint; a clip that cannot be read is reported and the others are captioned.
+checkpoint; a clip that cannot be read, or whose features are not finite, is
+reported and the others are captioned.
 Two files with the same name (the same video id) are refused before any work.
 """
 
@@ -21,7 +22,7 @@ from .config import CaptionConfig, DecodeConfig, parse_config
 from .decoding import caption_features
 from .devices import resolve_device
 from .errors import ConfigError, run_command
-from .encoding import encode_clip
+from .encoding import encode_clip, non_finite
 from .labels import format_id_caption
 from .precision import runnable
 from .store import StoreSettings
@@ -75,8 +76,12 @@ def caption_files(cfg: CaptionConfig) -> tuple[dict[str, str], dict[str, str]]:
         except VideoError as exc:
             failures[str(path)] = exc.cause
             continue
-        features = torch.from_numpy(encode_clip(backbone, clip))[None]  # (1, F, D)
-        captions[path.name] = caption_features(model, vocab, features, target, decode)[0]
+        features = encode_clip(backbone, clip)  # (F, D)
+        problem = non_finite(features)
+        if problem:
+            failures[str(path)] = problem
+            continue
+        captions[path.name] = caption_features(model, vocab, torch.from_numpy(features)[None], target, decode)[0]
     return captions, failures
 
 

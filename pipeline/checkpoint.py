@@ -6,7 +6,8 @@ on), `optimizer`, `scheduler`, `train_config`, `epoch` (epochs done), `best_scor
 `history` (the metrics rows), `rng` (the random state, one per process under
 torchrun) and `layout` (how the model's weights are laid out); it alone is enough
 to caption new videos. Here it is built, checked against a run's settings, and
-restored into a model, an optimizer and the random state.
+restored into a model, an optimizer and the random state; one whose weights are
+not finite is refused wherever it is loaded.
 """
 
 from __future__ import annotations
@@ -59,11 +60,23 @@ def save_checkpoint(path: Path, checkpoint: dict) -> None:
 
 def load_checkpoint(path: str | Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint (train a run first with `make train`)") from None
     except Exception as exc:  # torch raises several types for damaged or foreign files
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    _refuse_non_finite(checkpoint, path)
+    return checkpoint
+
+
+def _refuse_non_finite(checkpoint, path: str | Path) -> None:
+    """Weights holding NaN or infinite values (a run that diverged, saved before training stopped at that)
+    caption nothing and train nothing: refused, naming the file."""
+    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    weights = [t for t in state.values() if torch.is_tensor(t)] if isinstance(state, dict) else []
+    if not all(torch.isfinite(t).all() for t in weights):
+        raise CheckpointError(f"{path}: its weights hold NaN or infinite values (its training diverged): it can "
+                              f"neither caption nor be resumed; train a new run (another RUN) with a lower --lr")
 
 
 def _current_layout(state: dict, cfg: S2VTConfig) -> dict:

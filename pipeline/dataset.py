@@ -3,10 +3,12 @@
 Reads the feature store and `{video_id: [caption]}`; writes nothing. The features
 of a split are held in memory as one `(N, F, D)` tensor when they fit the memory
 budget (on a GPU, in its memory when half of what is free holds them), so a batch
-is an index into it; a larger set is read from the HDF5 store a batch at a time.
-Either way the next batch is gathered in a thread while the model works on this
-one. Which captions an epoch uses is a pure function of `(seed, epoch)`, so a
-resumed run draws exactly what an uninterrupted one would.
+is an index into it; a larger set is read from the HDF5 store a batch at a time
+(after one pass reading it all, so that a video the store refuses stops the run
+before training, as it does when the set is loaded whole). Either way the next
+batch is gathered in a thread while the model works on this one. Which captions
+an epoch uses is a pure function of `(seed, epoch)`, so a resumed run draws
+exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .labels import CaptionError
 from .vocab import Vocab
 from .store import FeatureStore
 
+CHECK_CHUNK = 64  # videos read at a time checking a split left in the store
+
 
 class StoredFeatures:
     """A split's features left in the store: `features[rows]` reads those videos `(len(rows), F, D)`."""
@@ -39,6 +43,12 @@ class StoredFeatures:
     def __getitem__(self, rows: torch.Tensor | slice) -> torch.Tensor:
         picked = self.ids[rows] if isinstance(rows, slice) else [self.ids[r] for r in rows.tolist()]
         return torch.from_numpy(self.store.read_many(picked).astype(np.float32, copy=False))
+
+    def check(self) -> None:
+        """Read every video once, `CHECK_CHUNK` at a time: one the store refuses (its values not finite, its
+        checksum not matching) is named now, before training, not when an epoch reaches it."""
+        for start in range(0, len(self.ids), CHECK_CHUNK):
+            self.store.read_many(self.ids[start:start + CHECK_CHUNK])
 
 
 @dataclass
@@ -112,6 +122,7 @@ def build_set(ids: list[str], captions: dict[str, list[str]], store: FeatureStor
     tokens = encode_captions(texts, vocab, max_len)
     if held_on is None:
         features = StoredFeatures(store, ids)
+        features.check()
     else:
         features = torch.from_numpy(store.read_many(ids).astype(np.float32, copy=False)).to(held_on)  # (N, F, D)
         tokens, video_of = tokens.to(held_on), video_of.to(held_on)

@@ -5,7 +5,8 @@ Reads nothing from disk and writes nothing: takes a `Clip` (`video.py`) and a pl
 sampled frame. A frame sampled twice (a short clip sampled at more frames than it
 has) is resized and encoded once. Extraction (`features.py`) uses the steps apart,
 preparing clips in its decoding threads; `caption_files.py`, the bench and the
-tests encode a whole clip with `encode_clip`.
+tests encode a whole clip with `encode_clip`. Features that are not finite are refused
+by both (`non_finite` says why).
 """
 
 from __future__ import annotations
@@ -55,3 +56,15 @@ def encode_prepared(backbone: Backbone, frames: torch.Tensor, inverse: np.ndarra
 def encode_clip(backbone: Backbone, clip: Clip, batch: int = 0) -> np.ndarray:
     """Features `(F, D)` float32 of a clip's sampled frames, `batch` frames per forward (0: the default)."""
     return encode_prepared(backbone, *prepare_clip(clip, backbone), frames_per_forward(batch, backbone.device))
+
+
+def non_finite(features: np.ndarray) -> str | None:
+    """Why a clip's features `(F, D)` (as they would be stored) cannot be used, or None when every value is
+    finite. A backbone whose arithmetic overflowed, or whose weights hold NaN, gives NaN or infinite features,
+    and a model trained on them trains to NaN."""
+    bad = int(np.count_nonzero(~np.isfinite(features)))
+    if not bad:
+        return None
+    return (f"the backbone gave non-finite features ({bad} of {features.size} values NaN or infinite as "
+            f"{features.dtype}): its arithmetic overflowed (try PRECISION=fp32 and float32 features) or its "
+            f"WEIGHTS hold NaN or infinite values")

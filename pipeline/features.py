@@ -11,10 +11,10 @@ one (`encoding.py`), so on a CPU the run goes at about the backbone's own rate (
 GPU a forward pass takes several clips' frames, and the previous pass is written
 while it runs.
 
-A clip's own problems (unreadable, not a video, truncated) make it a failure and
-the run goes on; anything wrong with the store or the GPU (a write that fails,
-out of memory) stops the run with an error naming what to do, and every clip
-finished before stays in the store. Under torchrun each rank extracts every N-th
+A clip's own problems (unreadable, not a video, truncated, features that are not
+finite) make it a failure and the run goes on; anything wrong with the store or
+the GPU (a write that fails, out of memory) stops the run with an error naming
+what to do, and every clip finished before stays in the store. Under torchrun each rank extracts every N-th
 clip still to do into its own shard (`shards.py`).
 """
 
@@ -42,7 +42,7 @@ from .config import ExtractConfig, parse_config, print_config
 from .devices import resolve_device
 from .errors import ConfigError, PipelineError, run_command
 from .files import ensure_writable_folder, write_json
-from .encoding import encode_frames, frames_per_forward, prepare_clip
+from .encoding import encode_frames, frames_per_forward, non_finite, prepare_clip
 from .precision import resolve_precision, runnable
 from .shards import merge_ranks, open_stores
 from .store import FeatureStore, StoreSettings, writer_lock
@@ -336,8 +336,19 @@ def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, sto
     progress = tqdm(total=len(todo), unit="video", desc="features", disable=not todo or not world.is_main)
     feeding_a_gpu = backbone.device.type in GROUPED_DEVICES and workers > 1  # a CPU backbone keeps its threads
     with _one_thread_per_cpu_op(feeding_a_gpu), ThreadPoolExecutor(workers) as pool, progress as bar:
+        def failed(clip: Decoded, reason: str, stale_entry: bool) -> None:
+            summary.failed.append({"file": str(clip.path), "reason": reason})
+            if stale_entry and clip.path.name in known:
+                stale.append(clip.path.name)
+            bar.update()
+            bar.set_postfix(failed=len(summary.failed))
+
         def write(done: _Pass) -> None:
             for clip, features in done.per_clip():
+                problem = non_finite(features.astype(store.settings.dtype, copy=False))
+                if problem:  # the clip's failure; features of it in the store were made from an older file
+                    failed(clip, problem, stale_entry=True)
+                    continue
                 store.write(clip.path.name, features, clip.prepared.source)
                 summary.done.append(clip.path.name)
                 summary.frames_encoded += cfg.frames
@@ -349,11 +360,7 @@ def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, sto
         try:
             for clip in _decoded(todo, cfg, backbone, pool, ahead=workers + 1):
                 if clip.failure:
-                    summary.failed.append({"file": str(clip.path), "reason": clip.failure})
-                    if clip.unreadable and clip.path.name in known:
-                        stale.append(clip.path.name)
-                    bar.update()
-                    bar.set_postfix(failed=len(summary.failed))
+                    failed(clip, clip.failure, clip.unreadable)
                 else:
                     passes.add(clip)
             passes.finish()

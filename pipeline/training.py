@@ -49,6 +49,7 @@ from .store import FeatureStore
 from .train_step import TrainStep
 
 METRICS = ("epoch", "train_loss", "val_loss", "val_bleu", "teacher_forcing", "lr", "seconds")
+RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "curves.png", "schedule.png")  # what a run writes
 VALIDATION_CHUNK = 256  # videos read (from memory or the store) and captioned at a time in validation
 GREEDY = DecodeConfig(beam=1)  # validation scores greedy captions
 
@@ -69,16 +70,39 @@ def train_one_epoch(step: TrainStep, data: CaptionSet, epoch: int, cfg: TrainCon
         rows = rows[list(DistributedSampler(rows, num_replicas=world.size, rank=world.rank, shuffle=False))]
     size = cfg.batch_size // world.size
     n_batches = math.ceil(len(rows) / size)
-    total = torch.zeros((), device=step.device)  # summed on the device: a GPU is not stopped every step
+    losses = torch.zeros(n_batches, device=step.device)  # (n_batches,) on the device: a GPU is not stopped each step
     shown = time.monotonic()
-    bar = tqdm(batches(data, rows, size), total=n_batches, desc=f"Epoch {epoch}", unit="step",
-               leave=False, dynamic_ncols=True, disable=not world.is_main)
-    for i, (tokens, features) in enumerate(bar, 1):  # tokens (b, T + 2), features (b, F, D)
-        total += step(tokens, features, teacher_forcing)  # under torchrun this rank's share of the step's loss
-        if time.monotonic() - shown > 0.5 or i == n_batches:
-            bar.set_postfix_str(f"loss {total.item() / i:.4f}, teacher forcing {teacher_forcing:.2f}")
-            shown = time.monotonic()
-    return distributed.total([total.item()], world, step.device)[0] / world.size / max(n_batches, 1)
+    with tqdm(batches(data, rows, size), total=n_batches, desc=f"Epoch {epoch}", unit="step", leave=False,
+              dynamic_ncols=True, disable=not world.is_main) as bar:
+        for i, (tokens, features) in enumerate(bar, 1):  # tokens (b, T + 2), features (b, F, D)
+            losses[i - 1] = step(tokens, features, teacher_forcing)  # under torchrun this rank's share
+            if time.monotonic() - shown > 0.5 or i == n_batches:
+                running = losses[:i].sum().item()
+                if not math.isfinite(running) and not world.distributed:  # (ranks stop together, below)
+                    break  # diverged: the rest of the epoch would train weights that are no longer numbers
+                bar.set_postfix_str(f"loss {running / i:.4f}, teacher forcing {teacher_forcing:.2f}")
+                shown = time.monotonic()
+    _stop_if_diverged(step.model, losses, epoch, cfg, world)
+    return distributed.total([losses.sum().item()], world, step.device)[0] / world.size / max(n_batches, 1)
+
+
+def _stop_if_diverged(model: torch.nn.Module, losses: torch.Tensor, epoch: int, cfg: TrainConfig,
+                      world: distributed.World) -> None:
+    """An error when a step's loss (`losses`, (n_batches,)), or a weight after the epoch, is not finite: the run
+    stops before its checkpoint would overwrite last.pt with weights that caption nothing. Every rank decides
+    alike (the first bad step of any rank; DDP keeps the weights equal)."""
+    bad = torch.nonzero(~torch.isfinite(losses)).flatten().tolist()
+    mine = (bad[0] + 1, losses[bad[0]].item()) if bad else (len(losses) + 1, 0.0)
+    step, value = min(distributed.gather(mine, world))
+    weights = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all().item()
+    if step > len(losses) and weights:
+        return
+    where = f"the loss became {value} at epoch {epoch}, step {step} of {len(losses)}" if step <= len(losses) else \
+        f"the weights became NaN or infinite in epoch {epoch} (its losses were finite: a gradient overflowed)"
+    last = Path(cfg.run_dir) / "last.pt"
+    kept = f"{last} holds the {epoch} epochs finished before it, untouched" if epoch else "no epoch had finished"
+    raise PipelineError(f"training diverged: {where}, so the run stopped; {kept}. Run again with a lower --lr "
+                        f"(this run's: {cfg.lr:g}){' to resume from there' if epoch else ''}")
 
 
 @torch.no_grad()
@@ -260,7 +284,8 @@ def _train_into(cfg: TrainConfig, run: Path, inputs: tuple, precision: str, devi
             _save(run, checkpoint, improved, progress.history)
     if world.is_main:
         plot_history(run, progress.history, teacher_forcing)
-    print(f"run: {run} (best.pt, last.pt, metrics.csv, curves.png, schedule.png)")
+    made = [name for name in RUN_FILES if (run / name).exists()]  # best.pt only once an epoch improved
+    print(f"run: {run} ({', '.join(made)})")
     return progress.history
 
 

@@ -7,6 +7,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -525,3 +526,193 @@ def test_empty_captions_are_reported_alike_by_make_eval_and_by_scoring_its_capti
     names = sorted(p.name for p in SMALL_CLIPS)
     said = [[str(w.message) for w in record if "empty captions" in str(w.message)] for record in (by_eval, by_file)]
     assert said[0] == said[1] == [f"{run / 'captions.txt'}: 4 empty captions (e.g. {names[:3]}) score 0"]
+
+
+# -- values that are not numbers ------------------------------------------------------------------------------
+
+
+def _poisoned_copy(clip_features: Path, folder: Path) -> tuple[Path, list[str]]:
+    """A copy of `clip_features` where, written with plain h5py, one video holds NaN and another +Inf."""
+    path = Path(shutil.copy(clip_features, folder / "poisoned.h5"))
+    bad = [SMALL_CLIPS[1].name, SMALL_CLIPS[2].name]
+    with h5py.File(path, "a") as f:
+        f["features"][bad[0]][3, 5] = np.nan
+        f["features"][bad[1]][:, 0] = np.inf
+    return path, bad
+
+
+def test_non_finite_features_in_a_store_are_refused_by_every_stage_naming_the_video(tmp_path, clip_features,
+                                                                                     tiny_run):
+    path, bad = _poisoned_copy(clip_features, tmp_path)
+    with pytest.raises(StoreError) as refused:
+        FeatureStore(path).read_many(sorted(p.name for p in SMALL_CLIPS))
+    assert str(path) in str(refused.value) and all(f"{vid}: non-finite values" in str(refused.value) for vid in bad)
+    checked = run_main(store_module.main, str(path))
+    assert checked.returncode == 1 and all(f"problem: {vid}: non-finite values" in checked.stdout for vid in bad)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    train_args = ["--features", str(path), "--labels", str(CLIPS_DIR / "labels.json"), "--epochs", "1",
+                  "--hidden", "16", "--embed", "16", "--val-fraction", "0"]
+    commands = {"train": (training.main, *train_args, "--run-dir", str(tmp_path / "new")),
+                "train, features read batch by batch": (training.main, *train_args, "--run-dir",
+                                                         str(tmp_path / "big"), "--feature-memory", "1e-9"),
+                "eval": (evaluation.main, "--run-dir", str(run), "--features", str(path), "--references",
+                         str(CLIPS_DIR / "labels.json")),
+                "captions": (evaluation.main, "--all", "--run-dir", str(run), "--features", str(path))}
+    printed = {}
+    for name, (main, *args) in commands.items():
+        proc = run_main(main, *args)
+        error = proc.stderr.splitlines()[-1]
+        assert proc.returncode == 2 and error.startswith(f"error: {path}: "), f"{name}: {proc.stderr[-1500:]}"
+        assert all(f"{vid}: non-finite values" in error for vid in bad), f"{name}: {error}"
+        assert "touch their clips in RAW and run `make features`" in error, error
+        printed[name] = proc.stdout
+    assert "batch by batch" in printed["train, features read batch by batch"]
+    assert not any("Epoch 0" in printed[name] for name in printed if name.startswith("train"))
+    assert not list((tmp_path / "new").glob("*.pt")) and not list((tmp_path / "big").glob("*.pt"))
+    assert not (run / "captions_all.txt").exists()
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in tiny_run.iterdir())
+
+
+def test_a_backbone_giving_non_finite_features_fails_that_clip_in_extraction_and_in_caption_py(tmp_path, tiny_run,
+                                                                                                monkeypatch):
+    encoded = []
+
+    def overflowing(real):  # the second clip's features overflow, as a backbone at fp16 can
+        def encode(*args, **kwargs):
+            out = real(*args, **kwargs)
+            encoded.append(1)
+            return out + np.inf if len(encoded) == 2 else out
+        return encode
+
+    monkeypatch.setattr(features, "encode_frames", overflowing(features.encode_frames))
+    raw, path = copy_clips(SMALL_CLIPS[:3], tmp_path / "raw"), tmp_path / "f.h5"
+    proc = run_main(features.main, "--raw", str(raw), "--features", str(path), "--backbone", "efficientnet_lite0",
+                    "--weights", "random", "--frames", "4")
+    assert proc.returncode == 1 and f"failed: {raw / SMALL_CLIPS[1].name}: the backbone gave non-finite" in proc.stdout
+    failed = json.loads((tmp_path / "f.failures.json").read_text())["failed"]
+    assert [Path(f["file"]).name for f in failed] == [SMALL_CLIPS[1].name]
+    assert "NaN or infinite" in failed[0]["reason"] and "PRECISION=fp32" in failed[0]["reason"]
+    assert FeatureStore(path).ids() == [SMALL_CLIPS[0].name, SMALL_CLIPS[2].name]
+    encoded.clear()
+    monkeypatch.setattr(caption_files, "encode_clip", overflowing(caption_files.encode_clip))
+    proc = run_main(caption_files.main, str(SMALL_CLIPS[0]), str(SMALL_CLIPS[1]), "--run-dir", str(tiny_run))
+    assert proc.returncode == 1 and proc.stdout.startswith(f"{SMALL_CLIPS[0].name},") and len(proc.stdout.split()) > 1
+    assert f"could not caption {SMALL_CLIPS[1]}: the backbone gave non-finite features" in proc.stderr
+
+
+def _tiny_training(run: Path, clip_features: Path, *more: str) -> list[str]:
+    return ["--features", str(clip_features), "--labels", str(CLIPS_DIR / "labels.json"), "--run-dir", str(run),
+            "--hidden", "16", "--embed", "16", "--batch-size", "2", "--val-fraction", "0", *more]
+
+
+def test_a_loss_turning_non_finite_stops_training_naming_epoch_and_step_and_keeps_last_pt(tmp_path, clip_features,
+                                                                                           monkeypatch):
+    real_batches, given = training.batches, []
+
+    def poisoned(data, rows, size):  # 2 steps an epoch (4 videos, a caption each, 2 a batch): the fifth step's
+        for tokens, batch in real_batches(data, rows, size):  # features are NaN, as a diverging model's are
+            given.append(1)
+            yield tokens, batch * np.nan if len(given) == 5 else batch
+
+    monkeypatch.setattr(training, "batches", poisoned)
+    run = tmp_path / "run"
+    proc = run_main(training.main, *_tiny_training(run, clip_features, "--epochs", "4"))
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    assert proc.stderr.splitlines()[-1] == (f"error: training diverged: the loss became nan at epoch 2, step 1 of 2, "
+                                            f"so the run stopped; {run / 'last.pt'} holds the 2 epochs finished "
+                                            f"before it, untouched. Run again with a lower --lr (this run's: 0.001) "
+                                            f"to resume from there")
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 2 and all(torch.isfinite(t).all() for t in last["model"].values())
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3 and "run: " not in proc.stdout
+    monkeypatch.setattr(training, "batches", real_batches)
+    proc = run_main(training.main, *_tiny_training(run, clip_features, "--epochs", "4"))
+    assert proc.returncode == 0 and "resuming" in proc.stdout and len(load_checkpoint(run / "last.pt")["history"]) == 4
+
+
+def test_weights_turning_non_finite_with_finite_losses_stop_training_too(tmp_path, clip_features, monkeypatch):
+    from pipeline import train_step
+
+    real_step, steps = train_step.TrainStep.__call__, []
+
+    def overflowing(self, *args):  # the last step of epoch 1 leaves a weight infinite, its loss finite
+        loss = real_step(self, *args)
+        steps.append(1)
+        if len(steps) == 4:
+            next(self.model.parameters()).data[0] = np.inf
+        return loss
+
+    monkeypatch.setattr(train_step.TrainStep, "__call__", overflowing)
+    run = tmp_path / "run"
+    proc = run_main(training.main, *_tiny_training(run, clip_features, "--epochs", "3"))
+    assert proc.returncode == 2 and "the weights became NaN or infinite in epoch 1" in proc.stderr, proc.stderr
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+
+
+def test_a_checkpoint_holding_non_finite_weights_is_refused_naming_it(tmp_path, clip_features, tiny_run):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    next(iter(checkpoint["model"].values()))[0] = float("nan")
+    torch.save(checkpoint, run / "best.pt")
+    for main, *args in [(evaluation.main, "--features", str(clip_features), "--references",
+                         str(CLIPS_DIR / "labels.json")),
+                        (evaluation.main, "--all", "--features", str(clip_features)),
+                        (caption_files.main, str(SMALL_CLIPS[0]))]:
+        proc = run_main(main, *args, "--run-dir", str(run))
+        assert proc.returncode == 2 and f"error: {run / 'best.pt'}: its weights hold NaN or infinite" in proc.stderr
+
+
+def test_the_last_line_of_a_run_lists_only_the_files_it_wrote(tmp_path, clip_features, monkeypatch):
+    monkeypatch.setattr(training, "course_bleu1", lambda *args: float("nan"))  # no epoch improves: no best.pt
+    run = tmp_path / "run"
+    proc = run_main(training.main, *_tiny_training(run, clip_features, "--epochs", "1", "--val-fraction", "0.5"))
+    assert proc.returncode == 0 and not (run / "best.pt").exists()
+    assert proc.stdout.splitlines()[-1] == f"run: {run} (last.pt, metrics.csv, curves.png, schedule.png)"
+
+
+# -- values damaged inside: checksums -------------------------------------------------------------------------
+
+
+def test_values_damaged_inside_a_video_fail_its_checksum_at_every_stage(tmp_path, clip_features, tiny_run):
+    path = Path(shutil.copy(clip_features, tmp_path / "rotted.h5"))
+    victim = SMALL_CLIPS[2].name
+    with h5py.File(path, "r") as f:
+        chunk = f["features"][victim].id.get_chunk_info(0)  # the video's values: one chunk, and its checksum
+    with path.open("r+b") as f:  # 4 KB in the middle of its values rot
+        f.seek(chunk.byte_offset + chunk.size // 2)
+        f.write(np.random.default_rng(0).bytes(4096))
+    damaged = f"{victim}: damaged: its checksum does not match"
+    store = FeatureStore(path)
+    with pytest.raises(StoreError, match=re.escape(f"{path}: video {damaged}; extract it again: touch its clip")):
+        store.read_many(store.ids())
+    others = [vid for vid in store.ids() if vid != victim]
+    assert store.read_many(others).shape == (3, 16, 1280)
+    checked = run_main(store_module.main, str(path))
+    assert checked.returncode == 1 and f"problem: {damaged}" in checked.stdout and "1 problems" in checked.stdout
+    assert "no checksums" not in checked.stdout
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for main, *args in [(training.main, *_tiny_training(tmp_path / "new", path, "--epochs", "1")),
+                        (evaluation.main, "--run-dir", str(run), "--features", str(path), "--references",
+                         str(CLIPS_DIR / "labels.json"))]:
+        proc = run_main(main, *args)
+        assert proc.returncode == 2 and f"error: {path}: video {damaged}" in proc.stderr, proc.stderr[-1500:]
+
+
+def test_a_store_without_checksums_is_read_and_the_validator_says_damage_would_go_unseen(tmp_path):
+    ids = ["a.avi", "b.avi"]
+    path = tmp_path / "old.h5"
+    FeatureStore.open_or_create(path, STORE_SETTINGS, {})
+    with h5py.File(path, "a") as f:  # as stores were written before checksums: contiguous, no filter
+        for i, vid in enumerate(ids):
+            f["features"].create_dataset(vid, data=np.full((4, 6), i, np.float32)).attrs.update(source_attrs(i))
+    store = FeatureStore(path)
+    assert store.read_many(ids)[1, 0, 0] == 1 and store.without_checksums() == ids
+    store.write("c.avi", np.ones((4, 6), np.float32), source_attrs(2))  # what a new extraction adds has them
+    assert store.without_checksums() == ids
+    checked = run_main(store_module.main, str(path))
+    assert checked.returncode == 0 and checked.stdout.endswith("valid\n")
+    assert "note: 2 videos have no checksums" in checked.stdout and "damage to their values cannot be detected" \
+        in checked.stdout and "into a new FEATURES path" in checked.stdout
