@@ -406,3 +406,38 @@ def test_out_of_memory_in_extraction_names_batch_and_keeps_finished_clips(tmp_pa
     with pytest.raises(PipelineError, match=r"out of memory encoding 16 frames at once: lower BATCH .*BATCH=8"):
         extract(lite_config(raw, path))
     assert FeatureStore(path).ids() == sorted(p.name for p in SMALL_CLIPS)[:2]
+
+
+# -- names and reasons ---------------------------------------------------------------------------------------
+
+
+class _RunsCode:
+    """A pickle that runs a shell command when it is loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_checkpoint_holding_code_is_refused_without_advice_to_run_it(tmp_path, writer):
+    import pickle
+
+    marker, path = tmp_path / "ran", tmp_path / "best.pt"
+    checkpoint = {"model": _RunsCode(marker)}
+    if writer == "torch.save":
+        torch.save(checkpoint, path)
+    else:
+        path.write_bytes(pickle.dumps(checkpoint))
+    proc = run_main(caption_files.main, str(SMALL_CLIPS[0]), "--run-dir", str(tmp_path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"{path} is not a readable checkpoint: not a checkpoint of this project" in proc.stderr, proc.stderr
+    assert "weights_only" not in proc.stderr and "False" not in proc.stderr, proc.stderr
+    assert not marker.exists()
+    (tmp_path / "weights.pth").write_bytes(path.read_bytes())
+    proc = run_main(features.main, "--raw", str(tmp_path), "--features", str(tmp_path / "f.h5"), "--backbone",
+                    "efficientnet_lite0", "--weights", str(tmp_path / "weights.pth"))
+    assert proc.returncode == 2 and "is not a file of weights" in proc.stderr, proc.stderr[-2000:]
+    assert "weights_only" not in proc.stderr and not marker.exists(), proc.stderr
