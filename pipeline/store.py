@@ -19,6 +19,9 @@ What it guarantees, and how:
 - Readers and the writer wait for each other's brief opens (HDF5's file lock)
   instead of failing; a file that cannot be read because it is damaged, not ours,
   a folder or not writable is a `StoreError` naming it and what to do.
+- `python -m pipeline.store FILE` validates a store entry by entry; one damaged
+  where its header or settings lie is refused, listing the videos whose features
+  can still be read, or saying that none can.
 """
 
 from __future__ import annotations
@@ -53,6 +56,15 @@ DAMAGE = (OSError, KeyError, RuntimeError, ValueError, AttributeError, TypeError
 
 class StoreError(PipelineError):
     """A feature store that cannot be used; the message names the file."""
+
+
+class DamagedStoreError(StoreError):
+    """A store whose bytes are damaged where what every read needs lies (its header, its settings): `damage`
+    names the file and what HDF5 found, the rest of the message what to do."""
+
+    def __init__(self, damage: str, advice: str):
+        super().__init__(f"{damage}; {advice}")
+        self.damage = damage
 
 
 @dataclass(frozen=True)
@@ -123,8 +135,8 @@ def _open(path: Path, mode: str) -> h5py.File:
             if mode != "r" and not os.access(path, os.W_OK):
                 raise StoreError(f"{path} cannot be written (read-only): make it writable or pass another "
                                  f"FEATURES path") from None
-            raise StoreError(f"{path} cannot be opened as HDF5 ({exc}): it is damaged or not a feature store; "
-                             f"move it away or pass another FEATURES path") from None
+            raise DamagedStoreError(f"{path} cannot be opened as HDF5 ({exc}): it is damaged or not a feature "
+                                    f"store", "move it away or pass another FEATURES path") from None
 
 
 @contextlib.contextmanager
@@ -136,8 +148,9 @@ def _inside(path: Path, mode: str) -> Iterator[h5py.File]:
         except StoreError:
             raise
         except DAMAGE as exc:
-            raise StoreError(f"{path} is damaged inside ({type(exc).__name__}: {exc}); `python -m pipeline.store "
-                             f"{path}` lists what can still be read; move it away to extract again") from None
+            raise DamagedStoreError(f"{path} is damaged inside ({type(exc).__name__}: {exc})", f"`python -m "
+                                    f"pipeline.store {path}` lists what can still be read; move it away to extract "
+                                    f"again") from None
 
 
 @contextlib.contextmanager
@@ -366,8 +379,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _inspect(path: str) -> int:
-    """Print how the store at `path` was made and every problem in it; 1 if there are any."""
-    store = FeatureStore(path)
+    """Print how the store at `path` was made and every problem in it; 1 if there are any. A store whose
+    settings cannot be read is refused, after listing the videos whose features still can be."""
+    try:
+        store = FeatureStore(path)
+    except DamagedStoreError as exc:
+        raise DamagedStoreError(exc.damage, _what_is_left(Path(path))) from None
     for key, value in sorted(store.info.items()):
         print(f"{key:>14}: {value}")
     problems = store.validate()
@@ -379,6 +396,26 @@ def _inspect(path: str) -> int:
         print(f"problem: {problem}")
     print("valid" if not problems else f"{len(problems)} problems")
     return 1 if problems else 0
+
+
+def _what_is_left(path: Path) -> str:
+    """For a store too damaged to be used: print the ids whose features can still be read, one a line, and
+    say so and what to do."""
+    readable = []
+    with contextlib.suppress(StoreError, *DAMAGE):
+        with _open(path, "r") as f:
+            group = f["features"]
+            for vid in group:  # listing may fail part-way: what was read stands
+                with contextlib.suppress(*DAMAGE):
+                    group[vid][()]
+                    readable.append(vid)
+    for vid in readable:
+        print(f"readable: {vid}")
+    left = (f"the features of {len(readable)} videos can still be read with h5py (listed above, e.g. "
+            f"{readable[:3]}), but without its settings they cannot be used" if readable else
+            "nothing in it can be read")
+    return (f"{left}; extract again into a new store (make features FEATURES=<a new .h5 path>), and keep this file "
+            f"as it is until that store is complete")
 
 
 if __name__ == "__main__":

@@ -441,3 +441,20 @@ def test_a_checkpoint_holding_code_is_refused_without_advice_to_run_it(tmp_path,
                     "efficientnet_lite0", "--weights", str(tmp_path / "weights.pth"))
     assert proc.returncode == 2 and "is not a file of weights" in proc.stderr, proc.stderr[-2000:]
     assert "weights_only" not in proc.stderr and not marker.exists(), proc.stderr
+
+
+def test_the_validator_says_what_a_store_damaged_near_its_start_still_holds(pristine_store, tmp_path):
+    data = pristine_store.read_bytes()
+    damaged = tmp_path / "damaged.h5"
+    settings = data.find(b"backbone") - 8  # the header of an attribute message of the settings
+    damaged.write_bytes(data[:settings] + b"\xff" * 8 + data[settings + 8:])
+    proc = run_main(store_module.main, str(damaged))
+    assert proc.returncode == 2 and "python -m pipeline.store" not in proc.stderr, proc.stderr
+    assert proc.stdout.splitlines() == [f"readable: clip_{i:02d}.avi" for i in range(40)], proc.stdout
+    assert f"{damaged} is damaged inside" in proc.stderr and "the features of 40 videos can still be read" in \
+        proc.stderr and "extract again into a new store" in proc.stderr and "keep this file" in proc.stderr
+    damaged.write_bytes(b"\0" * 64 + data[64:])  # the superblock
+    proc = run_main(store_module.main, str(damaged))
+    assert proc.returncode == 2 and "python -m pipeline.store" not in proc.stderr, proc.stderr
+    assert f"{damaged} cannot be opened as HDF5" in proc.stderr and "nothing in it can be read; extract again " \
+        "into a new store" in proc.stderr and proc.stdout == "", proc.stderr
