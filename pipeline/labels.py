@@ -19,6 +19,7 @@ line. Writes nothing.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -45,14 +46,23 @@ class CaptionError(PipelineError):
 
 
 def read_text(path: Path) -> str:
-    """The text of a UTF-8 file (a byte-order mark dropped); undecodable bytes name the file and line."""
+    """The text of a UTF-8 file (a byte-order mark dropped); undecodable bytes name the file and line, and
+    a file that ends inside a character is called truncated."""
     data = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data.decode("utf-8-sig")
+        return data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise CaptionError(f"{path}: line {line} is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
-                           f"{exc.start}); save the file as UTF-8") from None
+        if exc.reason == "unexpected end of data":  # the decoder says so only at the end of the bytes
+            raise _truncated(path, len(data), "inside a character") from None
+        start = bom + exc.start
+        line = data[:start].count(b"\n") + 1
+        raise CaptionError(f"{path}: line {line} is not UTF-8 text (byte {data[start]:#04x} at offset "
+                           f"{start}); save the file as UTF-8") from None
+
+
+def _truncated(path: Path, size: int, where: str) -> CaptionError:
+    return CaptionError(f"{path} is truncated: it is cut off at byte {size:,}, {where}; download or copy it again")
 
 
 def format_id_caption(video_id: str, caption: str) -> str:
@@ -91,9 +101,17 @@ def _add(captions: dict[str, list[str]], path: Path, where: str, video_id: str, 
 
 def load_json(path: Path, split: str) -> dict[str, list[str]]:
     """MLDS, MSR-VTT or VATEX JSON, told apart by their keys."""
+    text = read_text(path)
     try:
-        data = json.loads(read_text(path))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
+        # the text ran out where more was expected (json calls a string unterminated only when no closing quote
+        # follows to the end, and names where it starts)
+        inside_string = exc.msg.startswith("Unterminated string")
+        if inside_string or not text[exc.pos:].strip():
+            stops, line = "inside a string" if inside_string else exc.msg.lower(), text.count("\n") + 1
+            raise _truncated(path, path.stat().st_size, f"before its JSON is complete (it stops in line {line}, "
+                             f"{stops})") from None
         raise CaptionError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     if isinstance(data, dict) and "videos" in data and "sentences" in data:
         return load_msrvtt(path, data, split)

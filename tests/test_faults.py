@@ -458,3 +458,23 @@ def test_the_validator_says_what_a_store_damaged_near_its_start_still_holds(pris
     assert proc.returncode == 2 and "python -m pipeline.store" not in proc.stderr, proc.stderr
     assert f"{damaged} cannot be opened as HDF5" in proc.stderr and "nothing in it can be read; extract again " \
         "into a new store" in proc.stderr and proc.stdout == "", proc.stderr
+
+
+@pytest.mark.parametrize("cut", ["in the middle", "after an entry", "inside a character"])
+def test_a_label_file_cut_off_is_called_truncated(tmp_path, clip_features, cut):
+    entries = [{"id": "caf\u00e9.avi", "caption": ["a man is eating"]}, *json.loads(
+        (CLIPS_DIR / "labels.json").read_text())]
+    whole = json.dumps(entries, ensure_ascii=False, indent=1).encode()
+    end = {"in the middle": len(whole) // 2, "after an entry": whole.index(b"},") + 2,
+           "inside a character": whole.index("\u00e9".encode()) + 1}[cut]
+    labels = tmp_path / "labels.json"
+    labels.write_bytes(whole[:end])
+    proc = run_main(training.main, "--features", str(clip_features), "--labels", str(labels), "--run-dir",
+                    str(tmp_path / "run"), "--epochs", "1")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: {labels} is truncated: it is cut off at byte {end:,}" in proc.stderr, proc.stderr
+    assert "download or copy it again" in proc.stderr
+    labels.write_bytes(whole.replace(b"},", b"}", 1))  # whole, but malformed (a comma missing): not truncated
+    proc = run_main(training.main, "--features", str(clip_features), "--labels", str(labels), "--run-dir",
+                    str(tmp_path / "run"), "--epochs", "1")
+    assert proc.returncode == 2 and "not valid JSON" in proc.stderr and "truncated" not in proc.stderr

@@ -133,7 +133,8 @@ def test_id_caption_csv_with_header(tmp_path):
 
 
 @pytest.mark.parametrize("content,match", [
-    ('[{"id": "a.avi", "caption": ["a dog"]},', r"not valid JSON \(line 1"),
+    ('[{"id": "a.avi", "caption": ["a dog"]},', r"is truncated: it is cut off at byte 39"),
+    ('[{"id": "a.avi" "caption": ["a dog"]}]', r"not valid JSON \(line 1"),
     ('[{"id": "a.avi"}]', r"entry 0 needs an \"id\" and a \"caption\""),
     ('[{"caption": ["x"]}, 3]', r"entry 0"),
     ('{"a.avi": ["a dog"]}', r"a JSON file that is no label format read here; the formats are MLDS JSON"),
