@@ -46,7 +46,8 @@ from .encoding import encode_frames, frames_per_forward, prepare_clip
 from .precision import resolve_precision, runnable
 from .shards import merge_ranks, open_stores
 from .store import FeatureStore, StoreSettings, writer_lock
-from .video import GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, nvdec_available, read_clip, resolve_decoder
+from .video import (GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, not_a_file, nvdec_available, read_clip,
+                    resolve_decoder)
 
 # Devices whose forward passes take the frames of several clips at once while the previous pass's features are
 # copied out and written: a GPU would otherwise idle between one clip and the next. On a CPU the rate does not
@@ -90,13 +91,12 @@ def find_videos(raw: str | Path) -> tuple[list[Path], list[dict]]:
         raise ConfigError(f"clip folder {raw} does not exist: put your .avi files there or pass RAW=...")
     videos, unusable = [], []
     for path in sorted(p for p in raw.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS):
-        if path.is_file():
+        reason = not_a_file(path)
+        if reason is None:
             videos.append(path)
-        elif path.is_symlink() and not path.exists():
-            unusable.append({"file": str(path), "reason": f"a broken symbolic link (to {os.readlink(path)})"})
-        else:
-            kind = "a folder" if path.is_dir() else "not a regular file"
-            unusable.append({"file": str(path), "reason": f"{kind}, named like a video"})
+        else:  # something that exists (a folder, a FIFO) is named like a video; a broken link is only a link
+            unusable.append({"file": str(path), "reason": f"{reason}, named like a video" if path.exists() else
+                             reason})
     return videos, unusable
 
 

@@ -411,6 +411,28 @@ def test_out_of_memory_in_extraction_names_batch_and_keeps_finished_clips(tmp_pa
 # -- names and reasons ---------------------------------------------------------------------------------------
 
 
+def test_a_clip_that_cannot_be_read_for_permissions_is_named_so(tmp_path):
+    clip = shutil.copy(SMALL_CLIPS[0], tmp_path / "locked.avi")
+    Path(clip).chmod(0)
+    # root reads any file: the child gives up that right, so the permission bits apply to it as to a user
+    proc = subprocess.run(_without_override(sys.executable, "-c", "import sys\n"
+                                            "from pipeline.video import VideoError, read_clip\n"
+                                            "try:\n    read_clip(sys.argv[1], 4)\n"
+                                            "except VideoError as exc:\n    print(exc)\n", str(clip)),
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"{clip}: permission denied") and "cannot be opened" not in proc.stdout, \
+        proc.stdout
+
+
+def test_caption_py_on_a_fifo_says_not_a_regular_file(tmp_path, tiny_run):
+    fifo = tmp_path / "pipe.avi"
+    os.mkfifo(fifo)  # never opened: an open would wait for a writer
+    proc = run_main(caption_files.main, str(fifo), str(SMALL_CLIPS[0]), "--run-dir", str(tiny_run))
+    assert proc.returncode == 1 and proc.stdout.startswith(f"{SMALL_CLIPS[0].name},"), proc.stderr[-2000:]
+    assert f"could not caption {fifo}: not a regular file" in proc.stderr and "no such file" not in proc.stderr
+
+
 class _RunsCode:
     """A pickle that runs a shell command when it is loaded."""
 
