@@ -14,7 +14,8 @@ one given, the mapping or their folder).
 Files may start with a UTF-8 byte-order mark. In a `video_id,caption` line an id
 holding a comma or a double quote is written quoted, CSV-style (`"a,b.avi",a dog`,
 quotes doubled inside), and read back the same way; the caption is the rest of the
-line. Writes nothing.
+line. Video ids come back in the form clips' ids are compared in (Unicode's composed
+form, `video.normal_id`), whatever form the file wrote them in. Writes nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import PipelineError
-from .video import VIDEO_EXTENSIONS
+from .video import VIDEO_EXTENSIONS, normal_id
 from .vocab import tokenize
 
 MSVD_MAPPING = "youtube_video_to_id_mapping.txt"
@@ -93,10 +94,11 @@ def _split_id_caption(line: str) -> tuple[str, str] | None:
 
 
 def _add(captions: dict[str, list[str]], path: Path, where: str, video_id: str, caption) -> None:
+    """Add `caption` to the video `video_id`, in the form clips' ids are compared in (`video.normal_id`)."""
     if not isinstance(caption, str) or not tokenize(caption):
         warnings.warn(f"{path}: {where}: empty caption for {video_id!r} skipped", stacklevel=3)
         return
-    captions.setdefault(video_id, []).append(caption.strip())
+    captions.setdefault(normal_id(video_id), []).append(caption.strip())
 
 
 def load_json(path: Path, split: str) -> dict[str, list[str]]:
@@ -170,7 +172,7 @@ def load_mlds(path: Path, entries: list) -> dict[str, list[str]]:
         texts = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
         for text in texts:
             _add(captions, path, f"entry {i}", str(entry["id"]), text)
-        if str(entry["id"]) not in captions:
+        if normal_id(str(entry["id"])) not in captions:
             warnings.warn(f"{path}: entry {i} ({entry['id']!r}) has no usable caption", stacklevel=2)
     return captions
 

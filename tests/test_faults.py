@@ -411,6 +411,40 @@ def test_out_of_memory_in_extraction_names_batch_and_keeps_finished_clips(tmp_pa
 # -- names and reasons ---------------------------------------------------------------------------------------
 
 
+def test_a_clip_named_in_decomposed_unicode_matches_its_composed_label(tmp_path, recwarn):
+    """macOS writes `café.avi` decomposed (NFD); labels typed on Linux say it composed (NFC), and both print
+    alike: extraction, its skip pass, training, scoring, the report, caption.py and --predictions match them."""
+    composed, decomposed = "caf\u00e9.avi", "cafe\u0301.avi"
+    raw = copy_clips(SMALL_CLIPS[1:2], tmp_path / "raw")
+    shutil.copy2(SMALL_CLIPS[0], raw / decomposed)
+    given = {e["id"]: e["caption"] for e in json.loads((CLIPS_DIR / "labels.json").read_text())}
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps([{"id": composed, "caption": given[SMALL_CLIPS[0].name]},
+                                  {"id": SMALL_CLIPS[1].name, "caption": given[SMALL_CLIPS[1].name]}],
+                                 ensure_ascii=False), encoding="utf-8")
+    store, run = tmp_path / "f.h5", tmp_path / "run"
+    assert sorted(extract(lite_config(raw, store)).done) == sorted([composed, SMALL_CLIPS[1].name])
+    assert FeatureStore(store).ids() == sorted([composed, SMALL_CLIPS[1].name])
+    again = extract(lite_config(raw, store))
+    assert again.done == [] and sorted(again.skipped) == sorted([composed, SMALL_CLIPS[1].name])
+    proc = run_main(training.main, "--features", str(store), "--labels", str(labels), "--run-dir", str(run),
+                    "--epochs", "1", "--hidden", "16", "--embed", "16", "--val-fraction", "0", "--min-count", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_main(evaluation.main, "--run-dir", str(run), "--features", str(store), "--references", str(labels),
+                    "--raw", str(raw))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not [w for w in recwarn if "have no features" in str(w.message)]
+    assert json.loads((run / "scores.json").read_text())["n_videos"] == 2
+    report = (run / "report.html").read_text(encoding="utf-8")
+    assert report.count("data:image/gif") == 2 and "clip not found" not in report
+    proc = run_main(caption_files.main, str(raw / decomposed), "--run-dir", str(run))
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{composed},"), proc.stderr[-2000:]
+    predictions = tmp_path / "predictions.txt"
+    predictions.write_text(f"{decomposed},a woman is mixing\n{SMALL_CLIPS[1].name},a man cuts\n", encoding="utf-8")
+    proc = run_main(evaluation.main, "--predictions", str(predictions), "--references", str(labels))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_a_clip_that_cannot_be_read_for_permissions_is_named_so(tmp_path):
     clip = shutil.copy(SMALL_CLIPS[0], tmp_path / "locked.avi")
     Path(clip).chmod(0)
