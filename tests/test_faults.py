@@ -443,6 +443,11 @@ def test_a_clip_named_in_decomposed_unicode_matches_its_composed_label(tmp_path,
     predictions.write_text(f"{decomposed},a woman is mixing\n{SMALL_CLIPS[1].name},a man cuts\n", encoding="utf-8")
     proc = run_main(evaluation.main, "--predictions", str(predictions), "--references", str(labels))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    shutil.copy2(SMALL_CLIPS[2], raw / composed)  # on Linux both names can be there: one id, so one is refused
+    videos, unusable = features.find_videos(raw)
+    assert [p.name for p in videos] == [SMALL_CLIPS[1].name, decomposed]
+    assert unusable == [{"file": str(raw / composed), "reason": f"the same video id as {decomposed!r} (the names "
+                         f"differ only in how their accents are encoded): rename or remove one"}]
 
 
 def test_a_clip_that_cannot_be_read_for_permissions_is_named_so(tmp_path):
