@@ -49,7 +49,11 @@ class CaptionError(PipelineError):
 def read_text(path: Path) -> str:
     """The text of a UTF-8 file (a byte-order mark dropped); undecodable bytes name the file and line, and
     a file that ends inside a character is called truncated."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except PermissionError:
+        raise CaptionError(f"{path}: permission denied: this user may not read it; give it read permission "
+                           f"(chmod a+r) or run as a user who may read it") from None
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
         return data[bom:].decode("utf-8")

@@ -450,18 +450,30 @@ def test_a_clip_named_in_decomposed_unicode_matches_its_composed_label(tmp_path,
                          f"differ only in how their accents are encoded): rename or remove one"}]
 
 
+_READ_EACH = """import sys
+from pipeline.errors import PipelineError
+from pipeline.labels import load_captions
+from pipeline.video import read_clip
+for read, path in (read_clip, sys.argv[1]), (load_captions, sys.argv[2]):
+    try:
+        read(path)
+    except PipelineError as exc:
+        print(exc)
+"""
+
+
 def test_a_clip_that_cannot_be_read_for_permissions_is_named_so(tmp_path):
     clip = shutil.copy(SMALL_CLIPS[0], tmp_path / "locked.avi")
+    labels = shutil.copy(CLIPS_DIR / "labels.json", tmp_path / "locked.json")
     Path(clip).chmod(0)
+    Path(labels).chmod(0)
     # root reads any file: the child gives up that right, so the permission bits apply to it as to a user
-    proc = subprocess.run(_without_override(sys.executable, "-c", "import sys\n"
-                                            "from pipeline.video import VideoError, read_clip\n"
-                                            "try:\n    read_clip(sys.argv[1], 4)\n"
-                                            "except VideoError as exc:\n    print(exc)\n", str(clip)),
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(_without_override(sys.executable, "-c", _READ_EACH, str(clip), str(labels)), cwd=ROOT,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith(f"{clip}: permission denied") and "cannot be opened" not in proc.stdout, \
-        proc.stdout
+    clip_line, labels_line = proc.stdout.splitlines()
+    assert clip_line.startswith(f"{clip}: permission denied") and "cannot be opened" not in clip_line, clip_line
+    assert labels_line.startswith(f"{labels}: permission denied"), labels_line
 
 
 def test_caption_py_on_a_fifo_says_not_a_regular_file(tmp_path, tiny_run):
