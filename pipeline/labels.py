@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import PipelineError
-from .video import VIDEO_EXTENSIONS, normal_id
+from .video import VIDEO_EXTENSIONS, normal_id, not_a_file
 from .vocab import tokenize
 
 MSVD_MAPPING = "youtube_video_to_id_mapping.txt"
@@ -268,8 +268,9 @@ def load_captions(path: str | Path, split: str = "") -> dict[str, list[str]]:
     path = Path(path)
     if path.is_dir() or path.name == MSVD_MAPPING or (split and _is_msvd_split(path)):
         path, split = msvd_split_file(path, split), ""
-    if not path.is_file():
-        raise CaptionError(f"{path}: no such label file")
+    reason = not_a_file(path)  # a FIFO is not opened: reading it would wait for a writer
+    if reason:
+        raise CaptionError(f"{path}: {reason}, where a label file was expected")
     first = read_text(path).lstrip()[:200]
     if first.startswith(("[", "{")):
         captions = load_json(path, split)

@@ -21,7 +21,7 @@ from .labels import CaptionError, load_captions, read_id_caption_lines
 from .vocab import tokenize
 from .errors import PipelineError
 from .metrics import METRIC_KEYS, score_caption_sets, score_captions
-from .video import normal_id
+from .video import normal_id, not_a_file
 
 
 class PredictionError(PipelineError):
@@ -32,8 +32,9 @@ def read_predictions(path: str | Path) -> dict[str, str]:
     """`video_id,caption` lines, their ids composed as clips' are (`video.normal_id`); duplicate ids are an
     error, empty captions are kept."""
     path = Path(path)
-    if not path.is_file():
-        raise PredictionError(f"{path}: no such captions file")
+    reason = not_a_file(path)
+    if reason:
+        raise PredictionError(f"{path}: {reason}, where a captions file was expected")
     predictions: dict[str, str] = {}
     duplicates = []
     try:

@@ -476,12 +476,17 @@ def test_a_clip_that_cannot_be_read_for_permissions_is_named_so(tmp_path):
     assert labels_line.startswith(f"{labels}: permission denied"), labels_line
 
 
-def test_caption_py_on_a_fifo_says_not_a_regular_file(tmp_path, tiny_run):
+def test_caption_py_on_a_fifo_says_not_a_regular_file(tmp_path, clip_features, tiny_run):
     fifo = tmp_path / "pipe.avi"
     os.mkfifo(fifo)  # never opened: an open would wait for a writer
     proc = run_main(caption_files.main, str(fifo), str(SMALL_CLIPS[0]), "--run-dir", str(tiny_run))
     assert proc.returncode == 1 and proc.stdout.startswith(f"{SMALL_CLIPS[0].name},"), proc.stderr[-2000:]
     assert f"could not caption {fifo}: not a regular file" in proc.stderr and "no such file" not in proc.stderr
+    proc = run_main(evaluation.main, "--predictions", str(fifo), "--references", str(CLIPS_DIR / "labels.json"))
+    assert proc.returncode == 2 and f"{fifo}: not a regular file, where a captions file" in proc.stderr, proc.stderr
+    proc = run_main(training.main, "--labels", str(fifo), "--features", str(clip_features), "--run-dir",
+                    str(tmp_path / "run"))
+    assert proc.returncode == 2 and f"{fifo}: not a regular file, where a label file" in proc.stderr, proc.stderr
 
 
 class _RunsCode:

@@ -170,7 +170,7 @@ def test_malformed_csv_and_split(tmp_path):
     (tmp_path / "youtube_video_to_id_mapping.txt").write_text("abc_1_2 vid2\n")
     with pytest.raises(CaptionError, match=r"line 1: 'vid1'"):
         load_captions(split)
-    with pytest.raises(CaptionError, match="no such label file"):
+    with pytest.raises(CaptionError, match="absent.json: no such file, where a label file was expected"):
         load_captions(tmp_path / "absent.json")
 
 
