@@ -100,7 +100,8 @@ def package_versions() -> dict[str, str]:
 
 
 def _read_settings(f: h5py.File, path: Path) -> StoreSettings:
-    if f.attrs.get("format") != FORMAT:
+    made_as = f.attrs["format"] if "format" in f.attrs else None  # `attrs.get` takes a damaged one for none
+    if made_as != FORMAT:
         raise StoreError(f"{path} is not a feature store of this project (no '{FORMAT}' format attribute)")
     try:
         values = {fl.name: f.attrs[fl.name] for fl in fields(StoreSettings) if fl.name in f.attrs or

@@ -521,10 +521,11 @@ def test_a_checkpoint_holding_code_is_refused_without_advice_to_run_it(tmp_path,
     assert "weights_only" not in proc.stderr and not marker.exists(), proc.stderr
 
 
-def test_the_validator_says_what_a_store_damaged_near_its_start_still_holds(pristine_store, tmp_path):
+@pytest.mark.parametrize("attribute", [b"backbone", b"format\0"])
+def test_the_validator_says_what_a_store_damaged_near_its_start_still_holds(pristine_store, tmp_path, attribute):
     data = pristine_store.read_bytes()
     damaged = tmp_path / "damaged.h5"
-    settings = data.find(b"backbone") - 8  # the header of an attribute message of the settings
+    settings = data.find(attribute) - 8  # the header of the attribute's message, among the settings
     damaged.write_bytes(data[:settings] + b"\xff" * 8 + data[settings + 8:])
     proc = run_main(store_module.main, str(damaged))
     assert proc.returncode == 2 and "python -m pipeline.store" not in proc.stderr, proc.stderr
