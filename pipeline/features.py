@@ -344,8 +344,8 @@ def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, sto
     with _one_thread_per_cpu_op(feeding_a_gpu), ThreadPoolExecutor(workers) as pool, progress as bar:
         def write(done: _Pass) -> None:
             for clip, features in done.per_clip():
-                store.write(video_id(clip.path), features, clip.prepared.source)
-                summary.done.append(video_id(clip.path))
+                store.write(vid := video_id(clip.path), features, clip.prepared.source)
+                summary.done.append(vid)
                 summary.frames_encoded += cfg.frames
                 if clip.warning:
                     summary.warnings.append({"file": str(clip.path), "warning": clip.warning})
@@ -356,8 +356,8 @@ def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, sto
             for clip in _decoded(todo, cfg, backbone, pool, ahead=workers + 1):
                 if clip.failure:
                     summary.failed.append({"file": str(clip.path), "reason": clip.failure})
-                    if clip.unreadable and video_id(clip.path) in known:
-                        stale.append(video_id(clip.path))
+                    if clip.unreadable and (vid := video_id(clip.path)) in known:
+                        stale.append(vid)
                     bar.update()
                     bar.set_postfix(failed=len(summary.failed))
                 else:
