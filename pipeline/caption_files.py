@@ -4,8 +4,8 @@ Reads the given video files and a checkpoint (`RUN/best.pt`); writes nothing, an
 prints one `video_id,caption` line per video. The sampler, frame count, backbone,
 weights and preprocessing are the ones the run was trained on, read from the
 checkpoint; a clip that cannot be read, or whose features are not finite, is
-reported and the others are captioned.
-Two files with the same name (the same video id) are refused before any work.
+reported and the others are captioned. Two files giving the same video id (their
+file name, composed as `video.video_id` composes it) are refused before any work.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .encoding import encode_clip, non_finite
 from .labels import format_id_caption
 from .precision import runnable
 from .store import StoreSettings
-from .video import VideoError, read_clip
+from .video import VideoError, read_clip, video_id
 
 
 def backbone_of(checkpoint: dict, weights_file: str) -> Backbone:
@@ -55,7 +55,7 @@ def caption_files(cfg: CaptionConfig) -> tuple[dict[str, str], dict[str, str]]:
     paths = [Path(video) for video in cfg.videos]
     by_id: dict[str, list[str]] = {}
     for path in paths:
-        by_id.setdefault(path.name, []).append(str(path))
+        by_id.setdefault(video_id(path), []).append(str(path))
     same = {vid: files for vid, files in by_id.items() if len(files) > 1}
     if same:
         vid, files = next(iter(same.items()))
@@ -81,7 +81,7 @@ def caption_files(cfg: CaptionConfig) -> tuple[dict[str, str], dict[str, str]]:
         if problem:
             failures[str(path)] = problem
             continue
-        captions[path.name] = caption_features(model, vocab, torch.from_numpy(features)[None], target, decode)[0]
+        captions[video_id(path)] = caption_features(model, vocab, torch.from_numpy(features)[None], target, decode)[0]
     return captions, failures
 
 

@@ -1,4 +1,5 @@
-"""Checkpoints: what a run saves after each epoch, as plain dicts read with `weights_only=True`.
+"""Checkpoints: what a run saves after each epoch, as plain dicts read with `weights_only=True` (a file
+holding anything else, pickled code included, is refused unloaded).
 
 Reads and writes `RUN/{last,best}.pt`, atomically. A checkpoint holds `model`
 (state dict), `model_config`, `vocab`, `feature_settings` (the store it was trained
@@ -13,6 +14,7 @@ not finite is refused wherever it is loaded.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
+from .backbones import refused_pickle
 from .vocab import Vocab
 from .config import TrainConfig
 from .errors import PipelineError
@@ -63,6 +66,10 @@ def load_checkpoint(path: str | Path) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint (train a run first with `make train`)") from None
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint: not a checkpoint of this project "
+                              f"({refused_pickle(exc)}); it was refused unloaded, and nothing in it ran; use the "
+                              f"best.pt or last.pt of a run trained with `make train`") from None
     except Exception as exc:  # torch raises several types for damaged or foreign files
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     _refuse_non_finite(checkpoint, path)

@@ -1,6 +1,7 @@
 """Extracts CNN features of every new or changed clip in a folder into the HDF5 feature store.
 
-Reads every video in `cfg.raw`; writes `cfg.features` (the store), and beside it
+Reads every video in `cfg.raw`; writes `cfg.features` (the store, each clip under its video id: its file
+name, composed as `video.video_id` composes it), and beside it
 `<stem>.config.json` (the config and the run's summary) and `<stem>.failures.json`
 (`{"failed": [...], "warnings": [...]}`: each clip that failed with the reason, and
 each clip extracted with a warning). Incremental: a clip already in the store with
@@ -46,7 +47,8 @@ from .encoding import encode_frames, frames_per_forward, non_finite, prepare_cli
 from .precision import resolve_precision, runnable
 from .shards import merge_ranks, open_stores
 from .store import FeatureStore, StoreSettings, writer_lock
-from .video import GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, nvdec_available, read_clip, resolve_decoder
+from .video import (GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, not_a_file, nvdec_available, read_clip,
+                    resolve_decoder, video_id)
 
 # Devices whose forward passes take the frames of several clips at once while the previous pass's features are
 # copied out and written: a GPU would otherwise idle between one clip and the next. On a CPU the rate does not
@@ -81,22 +83,26 @@ class Summary:
 
 
 def find_videos(raw: str | Path) -> tuple[list[Path], list[dict]]:
-    """The video files directly inside `raw`, sorted by name, and the entries named like videos that are
-    not files (a folder, a broken link) as failures `{"file", "reason"}`."""
+    """The video files directly inside `raw`, sorted by name, and as failures `{"file", "reason"}` the entries
+    named like videos that are not files (a folder, a broken link) and the files whose name gives the video id
+    of a file before them (two names that differ only in how their accents are encoded)."""
     raw = Path(raw)
     if raw.exists() and not raw.is_dir():
         raise ConfigError(f"RAW={raw} is a file: RAW is the folder that holds the clips")
     if not raw.is_dir():
         raise ConfigError(f"clip folder {raw} does not exist: put your .avi files there or pass RAW=...")
-    videos, unusable = [], []
+    videos, unusable, named = [], [], {}
     for path in sorted(p for p in raw.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS):
-        if path.is_file():
+        reason, vid = not_a_file(path), video_id(path)
+        if reason is None and vid in named:
+            unusable.append({"file": str(path), "reason": f"the same video id as {named[vid]!r} (the names differ "
+                             f"only in how their accents are encoded): rename or remove one"})
+        elif reason is None:
             videos.append(path)
-        elif path.is_symlink() and not path.exists():
-            unusable.append({"file": str(path), "reason": f"a broken symbolic link (to {os.readlink(path)})"})
-        else:
-            kind = "a folder" if path.is_dir() else "not a regular file"
-            unusable.append({"file": str(path), "reason": f"{kind}, named like a video"})
+            named[vid] = path.name
+        else:  # something that exists (a folder, a FIFO) is named like a video; a broken link is only a link
+            unusable.append({"file": str(path), "reason": f"{reason}, named like a video" if path.exists() else
+                             reason})
     return videos, unusable
 
 
@@ -108,13 +114,13 @@ def store_settings(backbone: Backbone, cfg: ExtractConfig) -> StoreSettings:
 
 
 def split_current(videos: list[Path], stamps: dict[str, tuple[int, int] | None]) -> tuple[list[Path], list[str]]:
-    """The videos to extract (new, changed, or whose entry is not whole), and the names of those whose entry was
+    """The videos to extract (new, changed, or whose entry is not whole), and the ids of those whose entry was
     made from the file as it is now (same size and mtime), in one pass: each file is looked at once."""
     todo, current = [], []
     for path in videos:
-        stamp = stamps.get(path.name)
+        stamp = stamps.get(vid := video_id(path))
         if stamp is not None and stamp == ((stat := path.stat()).st_size, stat.st_mtime_ns):
-            current.append(path.name)
+            current.append(vid)
         else:
             todo.append(path)
     return todo, current
@@ -338,8 +344,8 @@ def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, sto
     with _one_thread_per_cpu_op(feeding_a_gpu), ThreadPoolExecutor(workers) as pool, progress as bar:
         def failed(clip: Decoded, reason: str, stale_entry: bool) -> None:
             summary.failed.append({"file": str(clip.path), "reason": reason})
-            if stale_entry and clip.path.name in known:
-                stale.append(clip.path.name)
+            if stale_entry and (vid := video_id(clip.path)) in known:
+                stale.append(vid)
             bar.update()
             bar.set_postfix(failed=len(summary.failed))
 
@@ -349,8 +355,8 @@ def _extract_clips(todo: list[Path], cfg: ExtractConfig, backbone: Backbone, sto
                 if problem:  # the clip's failure; features of it in the store were made from an older file
                     failed(clip, problem, stale_entry=True)
                     continue
-                store.write(clip.path.name, features, clip.prepared.source)
-                summary.done.append(clip.path.name)
+                store.write(vid := video_id(clip.path), features, clip.prepared.source)
+                summary.done.append(vid)
                 summary.frames_encoded += cfg.frames
                 if clip.warning:
                     summary.warnings.append({"file": str(clip.path), "warning": clip.warning})

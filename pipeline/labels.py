@@ -14,11 +14,13 @@ one given, the mapping or their folder).
 Files may start with a UTF-8 byte-order mark. In a `video_id,caption` line an id
 holding a comma or a double quote is written quoted, CSV-style (`"a,b.avi",a dog`,
 quotes doubled inside), and read back the same way; the caption is the rest of the
-line. Writes nothing.
+line. Video ids come back in the form clips' ids are compared in (Unicode's composed
+form, `video.normal_id`), whatever form the file wrote them in. Writes nothing.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import PipelineError
-from .video import VIDEO_EXTENSIONS
+from .video import VIDEO_EXTENSIONS, normal_id, not_a_file
 from .vocab import tokenize
 
 MSVD_MAPPING = "youtube_video_to_id_mapping.txt"
@@ -45,14 +47,27 @@ class CaptionError(PipelineError):
 
 
 def read_text(path: Path) -> str:
-    """The text of a UTF-8 file (a byte-order mark dropped); undecodable bytes name the file and line."""
-    data = path.read_bytes()
+    """The text of a UTF-8 file (a byte-order mark dropped); undecodable bytes name the file and line, and
+    a file that ends inside a character is called truncated."""
     try:
-        return data.decode("utf-8-sig")
+        data = path.read_bytes()
+    except PermissionError:
+        raise CaptionError(f"{path}: permission denied: this user may not read it; give it read permission "
+                           f"(chmod a+r) or run as a user who may read it") from None
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise CaptionError(f"{path}: line {line} is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
-                           f"{exc.start}); save the file as UTF-8") from None
+        if exc.reason == "unexpected end of data":  # the decoder says so only at the end of the bytes
+            raise _truncated(path, len(data), "inside a character") from None
+        start = bom + exc.start
+        line = data[:start].count(b"\n") + 1
+        raise CaptionError(f"{path}: line {line} is not UTF-8 text (byte {data[start]:#04x} at offset "
+                           f"{start}); save the file as UTF-8") from None
+
+
+def _truncated(path: Path, size: int, where: str) -> CaptionError:
+    return CaptionError(f"{path} is truncated: it is cut off at byte {size:,}, {where}; download or copy it again")
 
 
 def format_id_caption(video_id: str, caption: str) -> str:
@@ -83,17 +98,26 @@ def _split_id_caption(line: str) -> tuple[str, str] | None:
 
 
 def _add(captions: dict[str, list[str]], path: Path, where: str, video_id: str, caption) -> None:
+    """Add `caption` to the video `video_id`, in the form clips' ids are compared in (`video.normal_id`)."""
     if not isinstance(caption, str) or not tokenize(caption):
         warnings.warn(f"{path}: {where}: empty caption for {video_id!r} skipped", stacklevel=3)
         return
-    captions.setdefault(video_id, []).append(caption.strip())
+    captions.setdefault(normal_id(video_id), []).append(caption.strip())
 
 
 def load_json(path: Path, split: str) -> dict[str, list[str]]:
     """MLDS, MSR-VTT or VATEX JSON, told apart by their keys."""
+    text = read_text(path)
     try:
-        data = json.loads(read_text(path))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
+        # the text ran out where more was expected (json calls a string unterminated only when no closing quote
+        # follows to the end, and names where it starts)
+        inside_string = exc.msg.startswith("Unterminated string")
+        if inside_string or not text[exc.pos:].strip():
+            stops, line = "inside a string" if inside_string else exc.msg.lower(), text.count("\n") + 1
+            raise _truncated(path, path.stat().st_size, f"before its JSON is complete (it stops in line {line}, "
+                             f"{stops})") from None
         raise CaptionError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     if isinstance(data, dict) and "videos" in data and "sentences" in data:
         return load_msrvtt(path, data, split)
@@ -152,7 +176,7 @@ def load_mlds(path: Path, entries: list) -> dict[str, list[str]]:
         texts = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
         for text in texts:
             _add(captions, path, f"entry {i}", str(entry["id"]), text)
-        if str(entry["id"]) not in captions:
+        if normal_id(str(entry["id"])) not in captions:
             warnings.warn(f"{path}: entry {i} ({entry['id']!r}) has no usable caption", stacklevel=2)
     return captions
 
@@ -244,8 +268,9 @@ def load_captions(path: str | Path, split: str = "") -> dict[str, list[str]]:
     path = Path(path)
     if path.is_dir() or path.name == MSVD_MAPPING or (split and _is_msvd_split(path)):
         path, split = msvd_split_file(path, split), ""
-    if not path.is_file():
-        raise CaptionError(f"{path}: no such label file")
+    reason = not_a_file(path)  # a FIFO is not opened: reading it would wait for a writer
+    if reason:
+        raise CaptionError(f"{path}: {reason}, where a label file was expected")
     first = read_text(path).lstrip()[:200]
     if first.startswith(("[", "{")):
         captions = load_json(path, split)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .metrics import METRIC_KEYS
-from .video import VideoError, read_clip
+from .video import VideoError, read_clip, video_id
 
 GIF_FRAMES = 16  # frames per GIF, spread over the clip
 GIF_WIDTH = 160  # pixels
@@ -64,8 +64,7 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _video_card(vid: str, caption: str, references: list[str], score: float, raw: Path | None) -> str:
-    clip = raw / vid if raw and Path(vid).name == vid else None  # an id is a name, never a path
+def _video_card(vid: str, caption: str, references: list[str], score: float, clip: Path | None) -> str:
     if clip and clip.is_file():
         try:
             media = f"<img alt='{html.escape(vid)}' src='{data_uri(gif_bytes(clip), 'image/gif')}'>"
@@ -94,12 +93,14 @@ def write_report(run: str | Path, scores: dict, captions: dict[str, str], refere
     """`RUN/report.html` of `scores` and of `n_videos` of the `captions`, spread over their course BLEU-1
     `per_video` (`metrics.bleu1_per_video`)."""
     run = Path(run)
-    raw = Path(raw) if raw else None
+    # the raw clips by video id: a file's name may be decomposed where the id is composed (macOS writes names so),
+    # and an id is a name, never a path
+    clips = {video_id(p): p for p in Path(raw).iterdir()} if raw and Path(raw).is_dir() else {}
     chosen = spread_by_score(per_video, n_videos)
     sections = []
     for title, keep in (("Correct descriptions", lambda s: s >= CORRECT),
                         ("Relevant but incorrect descriptions", lambda s: s < CORRECT)):
-        cards = "".join(_video_card(v, captions[v], references[v], per_video[v], raw) for v in chosen
+        cards = "".join(_video_card(v, captions[v], references[v], per_video[v], clips.get(v)) for v in chosen
                         if keep(per_video[v]))
         sections.append(f"<h2>{title}</h2><div class='grid'>{cards or '<p>none among the sampled videos</p>'}</div>")
     plots = "".join(f"<img class='plot' alt='{name}' src='{data_uri((run / name).read_bytes(), 'image/png')}'>"

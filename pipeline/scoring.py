@@ -21,6 +21,7 @@ from .labels import CaptionError, load_captions, read_id_caption_lines
 from .vocab import tokenize
 from .errors import PipelineError
 from .metrics import METRIC_KEYS, score_caption_sets, score_captions
+from .video import normal_id, not_a_file
 
 
 class PredictionError(PipelineError):
@@ -28,14 +29,17 @@ class PredictionError(PipelineError):
 
 
 def read_predictions(path: str | Path) -> dict[str, str]:
-    """`video_id,caption` lines; duplicate ids are an error, empty captions are kept."""
+    """`video_id,caption` lines, their ids composed as clips' are (`video.normal_id`); duplicate ids are an
+    error, empty captions are kept."""
     path = Path(path)
-    if not path.is_file():
-        raise PredictionError(f"{path}: no such captions file")
+    reason = not_a_file(path)
+    if reason:
+        raise PredictionError(f"{path}: {reason}, where a captions file was expected")
     predictions: dict[str, str] = {}
     duplicates = []
     try:
         for _, vid, caption in read_id_caption_lines(path):
+            vid = normal_id(vid)  # as the references' ids are
             if vid in predictions:
                 duplicates.append(vid)
             predictions[vid] = caption

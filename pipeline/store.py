@@ -25,6 +25,9 @@ What it guarantees, and how:
   (a store written by other means) or whose checksum does not match (bytes rotted
   inside its data). A video written before stores had checksums is read as ever:
   damage to its values cannot be detected, and the validator says so.
+- `python -m pipeline.store FILE` validates a store entry by entry; one damaged
+  where its header or settings lie is refused, listing the videos whose features
+  can still be read, or saying that none can.
 """
 
 from __future__ import annotations
@@ -82,6 +85,15 @@ def _refusal(path: Path, problems: list[str]) -> str:
             f"RAW and run `make features` (`python -m pipeline.store {path}` lists every such video)")
 
 
+class DamagedStoreError(StoreError):
+    """A store whose bytes are damaged where what every read needs lies (its header, its settings): `damage`
+    names the file and what HDF5 found, the rest of the message what to do."""
+
+    def __init__(self, damage: str, advice: str):
+        super().__init__(f"{damage}; {advice}")
+        self.damage = damage
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """What makes two feature arrays comparable; a store holds one setting only."""
@@ -115,7 +127,8 @@ def package_versions() -> dict[str, str]:
 
 
 def _read_settings(f: h5py.File, path: Path) -> StoreSettings:
-    if f.attrs.get("format") != FORMAT:
+    made_as = f.attrs["format"] if "format" in f.attrs else None  # `attrs.get` takes a damaged one for none
+    if made_as != FORMAT:
         raise StoreError(f"{path} is not a feature store of this project (no '{FORMAT}' format attribute)")
     try:
         values = {fl.name: f.attrs[fl.name] for fl in fields(StoreSettings) if fl.name in f.attrs or
@@ -150,8 +163,8 @@ def _open(path: Path, mode: str) -> h5py.File:
             if mode != "r" and not os.access(path, os.W_OK):
                 raise StoreError(f"{path} cannot be written (read-only): make it writable or pass another "
                                  f"FEATURES path") from None
-            raise StoreError(f"{path} cannot be opened as HDF5 ({exc}): it is damaged or not a feature store; "
-                             f"move it away or pass another FEATURES path") from None
+            raise DamagedStoreError(f"{path} cannot be opened as HDF5 ({exc}): it is damaged or not a feature "
+                                    f"store", "move it away or pass another FEATURES path") from None
 
 
 @contextlib.contextmanager
@@ -163,8 +176,9 @@ def _inside(path: Path, mode: str) -> Iterator[h5py.File]:
         except StoreError:
             raise
         except DAMAGE as exc:
-            raise StoreError(f"{path} is damaged inside ({type(exc).__name__}: {exc}); `python -m pipeline.store "
-                             f"{path}` lists what can still be read; move it away to extract again") from None
+            raise DamagedStoreError(f"{path} is damaged inside ({type(exc).__name__}: {exc})", f"`python -m "
+                                    f"pipeline.store {path}` lists what can still be read; move it away to extract "
+                                    f"again") from None
 
 
 def writer_lock(path: str | Path) -> contextlib.AbstractContextManager[None]:
@@ -394,8 +408,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _inspect(path: str) -> int:
-    """Print how the store at `path` was made and every problem in it; 1 if there are any."""
-    store = FeatureStore(path)
+    """Print how the store at `path` was made and every problem in it; 1 if there are any. A store whose
+    settings cannot be read is refused, after listing the videos whose features still can be."""
+    try:
+        store = FeatureStore(path)
+    except DamagedStoreError as exc:
+        raise DamagedStoreError(exc.damage, _what_is_left(Path(path))) from None
     for key, value in sorted(store.info.items()):
         print(f"{key:>14}: {value}")
     problems = store.validate()
@@ -422,6 +440,26 @@ def _note_checksums(store: FeatureStore) -> None:
               f"{unchecked[0]}): they are read as ever, but damage to their values cannot be detected; to add "
               f"checksums, extract them again: into a new FEATURES path, or touch their clips in RAW and run "
               f"`make features`")
+
+
+def _what_is_left(path: Path) -> str:
+    """For a store too damaged to be used: print the ids whose features can still be read, one a line, and
+    say so and what to do."""
+    readable = []
+    with contextlib.suppress(StoreError, *DAMAGE):
+        with _open(path, "r") as f:
+            group = f["features"]
+            for vid in group:  # listing may fail part-way: what was read stands
+                with contextlib.suppress(*DAMAGE):
+                    group[vid][()]
+                    readable.append(vid)
+    for vid in readable:
+        print(f"readable: {vid}")
+    left = (f"the features of {len(readable)} videos can still be read with h5py (listed above, e.g. "
+            f"{readable[:3]}), but without its settings they cannot be used" if readable else
+            "nothing in it can be read")
+    return (f"{left}; extract again into a new store (make features FEATURES=<a new .h5 path>), and keep this file "
+            f"as it is until that store is complete")
 
 
 if __name__ == "__main__":

@@ -15,11 +15,20 @@ out, as YUV planes that FFmpeg converts to RGB exactly as it converts a CPU-deco
 frame. NVDEC takes the codecs whose decoding their standard makes exact (H.264,
 HEVC, VP8, VP9, AV1); a clip it fails on is decoded on the CPU instead, and the
 clip says why.
+
+A clip's video id is its file name in Unicode's composed form (NFC, `video_id`):
+macOS writes names decomposed (NFD), labels are mostly typed composed, and both
+print alike, so every place that matches ids compares them in that form
+(`normal_id`). A path that is not a regular file, or that this user may not read,
+is refused before any decoder opens it (`not_a_file` looks at its directory entry
+alone: opening a FIFO would block).
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +79,29 @@ class Clip:
     def missing_frames(self) -> int:
         """Frames the container claims that do not decode (a truncated or damaged file)."""
         return max(self.claimed_frames - self.n_frames, 0)
+
+
+def normal_id(video_id: str) -> str:
+    """`video_id` in the form every id is compared in: Unicode's composed form (NFC)."""
+    return unicodedata.normalize("NFC", video_id)
+
+
+def video_id(path: str | Path) -> str:
+    """The video id of the clip at `path`: its file name, in the form ids are compared in."""
+    return normal_id(Path(path).name)
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why `path` cannot be read as a clip, told from its directory entry alone (a FIFO is never opened), or
+    None for a regular file: no such file, a broken symbolic link, a folder, or not a regular file (a FIFO, a
+    socket, a device)."""
+    if path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"a broken symbolic link (to {os.readlink(path)})"
+    if not path.exists():
+        return "no such file"
+    return "a folder" if path.is_dir() else "not a regular file"
 
 
 def sample_indices(n_total: int, n: int = 80) -> np.ndarray:
@@ -294,8 +326,15 @@ def resolve_decoder(decoder: str) -> str:
 
 
 def _open(path: Path, decoder: str, gpu: int | None):
-    if not path.is_file():
-        raise VideoError(path, "no such file")
+    try:
+        reason = not_a_file(path)
+        if reason is None:  # the decoders would call a file they may not read no video at all
+            open(path, "rb").close()
+    except PermissionError:
+        reason = ("permission denied: this user may not read the file (or its folder); give it read permission "
+                  "(chmod a+r) or run as a user who may read it")
+    if reason:
+        raise VideoError(path, reason)
     if path.stat().st_size == 0:
         raise VideoError(path, "empty file (0 bytes)")
     return _NvdecReader(path, gpu) if decoder == GPU_DECODER else _READERS[decoder](path)
@@ -361,6 +400,8 @@ def _codec(path: Path) -> str | None:
     import av
 
     try:
+        if not_a_file(path):  # a FIFO is not opened: it would wait for a writer
+            return None
         with av.open(str(path)) as container:
             return container.streams.video[0].codec_context.name if container.streams.video else None
     except (av.FFmpegError, OSError):

@@ -716,3 +716,154 @@ def test_a_store_without_checksums_is_read_and_the_validator_says_damage_would_g
     assert checked.returncode == 0 and checked.stdout.endswith("valid\n")
     assert "note: 2 videos have no checksums" in checked.stdout and "damage to their values cannot be detected" \
         in checked.stdout and "into a new FEATURES path" in checked.stdout
+
+
+# -- names and reasons ---------------------------------------------------------------------------------------
+
+
+def test_a_clip_named_in_decomposed_unicode_matches_its_composed_label(tmp_path, recwarn):
+    """macOS writes `café.avi` decomposed (NFD); labels typed on Linux say it composed (NFC), and both print
+    alike: extraction, its skip pass, training, scoring, the report, caption.py and --predictions match them."""
+    composed, decomposed = "caf\u00e9.avi", "cafe\u0301.avi"
+    raw = copy_clips(SMALL_CLIPS[1:2], tmp_path / "raw")
+    shutil.copy2(SMALL_CLIPS[0], raw / decomposed)
+    given = {e["id"]: e["caption"] for e in json.loads((CLIPS_DIR / "labels.json").read_text())}
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps([{"id": composed, "caption": given[SMALL_CLIPS[0].name]},
+                                  {"id": SMALL_CLIPS[1].name, "caption": given[SMALL_CLIPS[1].name]}],
+                                 ensure_ascii=False), encoding="utf-8")
+    store, run = tmp_path / "f.h5", tmp_path / "run"
+    assert sorted(extract(lite_config(raw, store)).done) == sorted([composed, SMALL_CLIPS[1].name])
+    assert FeatureStore(store).ids() == sorted([composed, SMALL_CLIPS[1].name])
+    again = extract(lite_config(raw, store))
+    assert again.done == [] and sorted(again.skipped) == sorted([composed, SMALL_CLIPS[1].name])
+    proc = run_main(training.main, "--features", str(store), "--labels", str(labels), "--run-dir", str(run),
+                    "--epochs", "1", "--hidden", "16", "--embed", "16", "--val-fraction", "0", "--min-count", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_main(evaluation.main, "--run-dir", str(run), "--features", str(store), "--references", str(labels),
+                    "--raw", str(raw))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not [w for w in recwarn if "have no features" in str(w.message)]
+    assert json.loads((run / "scores.json").read_text())["n_videos"] == 2
+    report = (run / "report.html").read_text(encoding="utf-8")
+    assert report.count("data:image/gif") == 2 and "clip not found" not in report
+    proc = run_main(caption_files.main, str(raw / decomposed), "--run-dir", str(run))
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{composed},"), proc.stderr[-2000:]
+    predictions = tmp_path / "predictions.txt"
+    predictions.write_text(f"{decomposed},a woman is mixing\n{SMALL_CLIPS[1].name},a man cuts\n", encoding="utf-8")
+    proc = run_main(evaluation.main, "--predictions", str(predictions), "--references", str(labels))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shutil.copy2(SMALL_CLIPS[2], raw / composed)  # on Linux both names can be there: one id, so one is refused
+    videos, unusable = features.find_videos(raw)
+    assert [p.name for p in videos] == [SMALL_CLIPS[1].name, decomposed]
+    assert unusable == [{"file": str(raw / composed), "reason": f"the same video id as {decomposed!r} (the names "
+                         f"differ only in how their accents are encoded): rename or remove one"}]
+
+
+_READ_EACH = """import sys
+from pipeline.errors import PipelineError
+from pipeline.labels import load_captions
+from pipeline.video import read_clip
+for read, path in (read_clip, sys.argv[1]), (load_captions, sys.argv[2]):
+    try:
+        read(path)
+    except PipelineError as exc:
+        print(exc)
+"""
+
+
+def test_a_clip_that_cannot_be_read_for_permissions_is_named_so(tmp_path):
+    clip = shutil.copy(SMALL_CLIPS[0], tmp_path / "locked.avi")
+    labels = shutil.copy(CLIPS_DIR / "labels.json", tmp_path / "locked.json")
+    Path(clip).chmod(0)
+    Path(labels).chmod(0)
+    # root reads any file: the child gives up that right, so the permission bits apply to it as to a user
+    proc = subprocess.run(_without_override(sys.executable, "-c", _READ_EACH, str(clip), str(labels)), cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    clip_line, labels_line = proc.stdout.splitlines()
+    assert clip_line.startswith(f"{clip}: permission denied") and "cannot be opened" not in clip_line, clip_line
+    assert labels_line.startswith(f"{labels}: permission denied"), labels_line
+
+
+def test_caption_py_on_a_fifo_says_not_a_regular_file(tmp_path, clip_features, tiny_run):
+    fifo = tmp_path / "pipe.avi"
+    os.mkfifo(fifo)  # never opened: an open would wait for a writer
+    proc = run_main(caption_files.main, str(fifo), str(SMALL_CLIPS[0]), "--run-dir", str(tiny_run))
+    assert proc.returncode == 1 and proc.stdout.startswith(f"{SMALL_CLIPS[0].name},"), proc.stderr[-2000:]
+    assert f"could not caption {fifo}: not a regular file" in proc.stderr and "no such file" not in proc.stderr
+    proc = run_main(evaluation.main, "--predictions", str(fifo), "--references", str(CLIPS_DIR / "labels.json"))
+    assert proc.returncode == 2 and f"{fifo}: not a regular file, where a captions file" in proc.stderr, proc.stderr
+    proc = run_main(training.main, "--labels", str(fifo), "--features", str(clip_features), "--run-dir",
+                    str(tmp_path / "run"))
+    assert proc.returncode == 2 and f"{fifo}: not a regular file, where a label file" in proc.stderr, proc.stderr
+
+
+class _RunsCode:
+    """A pickle that runs a shell command when it is loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_checkpoint_holding_code_is_refused_without_advice_to_run_it(tmp_path, writer):
+    import pickle
+
+    marker, path = tmp_path / "ran", tmp_path / "best.pt"
+    checkpoint = {"model": _RunsCode(marker)}
+    if writer == "torch.save":
+        torch.save(checkpoint, path)
+    else:
+        path.write_bytes(pickle.dumps(checkpoint))
+    proc = run_main(caption_files.main, str(SMALL_CLIPS[0]), "--run-dir", str(tmp_path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"{path} is not a readable checkpoint: not a checkpoint of this project" in proc.stderr, proc.stderr
+    assert "weights_only" not in proc.stderr and "False" not in proc.stderr, proc.stderr
+    assert not marker.exists()
+    (tmp_path / "weights.pth").write_bytes(path.read_bytes())
+    proc = run_main(features.main, "--raw", str(tmp_path), "--features", str(tmp_path / "f.h5"), "--backbone",
+                    "efficientnet_lite0", "--weights", str(tmp_path / "weights.pth"))
+    assert proc.returncode == 2 and "is not a file of weights" in proc.stderr, proc.stderr[-2000:]
+    assert "weights_only" not in proc.stderr and not marker.exists(), proc.stderr
+
+
+@pytest.mark.parametrize("attribute", [b"backbone", b"format\0"])
+def test_the_validator_says_what_a_store_damaged_near_its_start_still_holds(pristine_store, tmp_path, attribute):
+    data = pristine_store.read_bytes()
+    damaged = tmp_path / "damaged.h5"
+    settings = data.find(attribute) - 8  # the header of the attribute's message, among the settings
+    damaged.write_bytes(data[:settings] + b"\xff" * 8 + data[settings + 8:])
+    proc = run_main(store_module.main, str(damaged))
+    assert proc.returncode == 2 and "python -m pipeline.store" not in proc.stderr, proc.stderr
+    assert proc.stdout.splitlines() == [f"readable: clip_{i:02d}.avi" for i in range(40)], proc.stdout
+    assert f"{damaged} is damaged inside" in proc.stderr and "the features of 40 videos can still be read" in \
+        proc.stderr and "extract again into a new store" in proc.stderr and "keep this file" in proc.stderr
+    damaged.write_bytes(b"\0" * 64 + data[64:])  # the superblock
+    proc = run_main(store_module.main, str(damaged))
+    assert proc.returncode == 2 and "python -m pipeline.store" not in proc.stderr, proc.stderr
+    assert f"{damaged} cannot be opened as HDF5" in proc.stderr and "nothing in it can be read; extract again " \
+        "into a new store" in proc.stderr and proc.stdout == "", proc.stderr
+
+
+@pytest.mark.parametrize("cut", ["in the middle", "after an entry", "inside a character"])
+def test_a_label_file_cut_off_is_called_truncated(tmp_path, clip_features, cut):
+    entries = [{"id": "caf\u00e9.avi", "caption": ["a man is eating"]}, *json.loads(
+        (CLIPS_DIR / "labels.json").read_text())]
+    whole = json.dumps(entries, ensure_ascii=False, indent=1).encode()
+    end = {"in the middle": len(whole) // 2, "after an entry": whole.index(b"},") + 2,
+           "inside a character": whole.index("\u00e9".encode()) + 1}[cut]
+    labels = tmp_path / "labels.json"
+    labels.write_bytes(whole[:end])
+    proc = run_main(training.main, "--features", str(clip_features), "--labels", str(labels), "--run-dir",
+                    str(tmp_path / "run"), "--epochs", "1")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: {labels} is truncated: it is cut off at byte {end:,}" in proc.stderr, proc.stderr
+    assert "download or copy it again" in proc.stderr
+    labels.write_bytes(whole.replace(b"},", b"}", 1))  # whole, but malformed (a comma missing): not truncated
+    proc = run_main(training.main, "--features", str(clip_features), "--labels", str(labels), "--run-dir",
+                    str(tmp_path / "run"), "--epochs", "1")
+    assert proc.returncode == 2 and "not valid JSON" in proc.stderr and "truncated" not in proc.stderr

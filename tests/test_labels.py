@@ -133,7 +133,8 @@ def test_id_caption_csv_with_header(tmp_path):
 
 
 @pytest.mark.parametrize("content,match", [
-    ('[{"id": "a.avi", "caption": ["a dog"]},', r"not valid JSON \(line 1"),
+    ('[{"id": "a.avi", "caption": ["a dog"]},', r"is truncated: it is cut off at byte 39"),
+    ('[{"id": "a.avi" "caption": ["a dog"]}]', r"not valid JSON \(line 1"),
     ('[{"id": "a.avi"}]', r"entry 0 needs an \"id\" and a \"caption\""),
     ('[{"caption": ["x"]}, 3]', r"entry 0"),
     ('{"a.avi": ["a dog"]}', r"a JSON file that is no label format read here; the formats are MLDS JSON"),
@@ -169,7 +170,7 @@ def test_malformed_csv_and_split(tmp_path):
     (tmp_path / "youtube_video_to_id_mapping.txt").write_text("abc_1_2 vid2\n")
     with pytest.raises(CaptionError, match=r"line 1: 'vid1'"):
         load_captions(split)
-    with pytest.raises(CaptionError, match="no such label file"):
+    with pytest.raises(CaptionError, match="absent.json: no such file, where a label file was expected"):
         load_captions(tmp_path / "absent.json")
 
 
