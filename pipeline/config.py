@@ -132,8 +132,8 @@ class ExtractConfig(Checked):
     backbone: str = opt("vgg16", "the image network", choices=tuple(BACKBONES), make="BACKBONE")
     frames: int = opt(80, f"frames sampled uniformly from each clip (at most {MAX_FRAMES})", at_least=1,
                       below=MAX_FRAMES + 1, make="FRAMES")
-    weights: str = opt("imagenet", "'imagenet', 'random' (tests only), or a path to a state-dict file",
-                       make="WEIGHTS")
+    weights: str = opt("imagenet", "'imagenet' (the backbone's published weights: ImageNet's, OpenAI's for CLIP), "
+                       "'random' (tests only), or a path to a state-dict or .safetensors file", make="WEIGHTS")
     device: str = opt("auto", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'", make="DEVICE")
     batch: int = opt(0, f"frames per forward pass through the backbone; 0 = {CPU_FORWARD_FRAMES} on CPU (2x faster "
                         f"than 80 for EfficientNet-Lite0 there), {GPU_FORWARD_FRAMES} on a GPU (several clips' "

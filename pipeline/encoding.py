@@ -1,7 +1,7 @@
 """Encodes a decoded clip into per-frame features with a backbone, each distinct frame once.
 
 Reads nothing from disk and writes nothing: takes a `Clip` (`video.py`) and a placed
-`Backbone` (`backbones.py`) and returns features `(F, D)` float32, one row per
+`Backbone` (`backbones/`) and returns features `(F, D)` float32, one row per
 sampled frame. A frame sampled twice (a short clip sampled at more frames than it
 has) is resized and encoded once. Extraction (`features.py`) uses the steps apart,
 preparing clips in its decoding threads; `caption_files.py`, the bench and the

@@ -118,7 +118,7 @@ def package_versions() -> dict[str, str]:
     """The versions of Python and of the packages that shape the features, recorded in a store made here."""
     versions = {"python": platform.python_version()}
     for name in ("torch", "torchvision", "h5py", "numpy", "opencv-python-headless", "decord",
-                 "efficientnet-lite-pytorch"):
+                 "efficientnet-lite-pytorch", "open-clip-torch"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

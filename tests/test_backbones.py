@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import json
+
+import h5py
+import open_clip
 import pytest
 import torch
 import torchvision
 from torchvision.models import VGG16_Weights
 
-from conftest import CLIPS_DIR
+from conftest import CLIPS_DIR, lite_config
 from pipeline import backbones
+from pipeline.backbones import clip
 from pipeline.backbones import BACKBONES, WeightsError, get_spec, load_backbone
 from pipeline.encoding import encode_clip
+from pipeline.features import extract
+from pipeline.store import FeatureStore
 from pipeline.video import read_clip
 
 
 def test_table_dims():
     dims = {name: spec.feature_dim for name, spec in BACKBONES.items()}
     assert dims == {"vgg16": 4096, "vgg19": 4096, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
-                    "efficientnet_lite0": 1280}
+                    "efficientnet_lite0": 1280, "clip_vitb32": 512, "clip_vitb16": 512, "clip_vitl14": 768}
 
 
 def test_unknown_backbone_lists_the_known_ones():
@@ -92,3 +99,78 @@ def test_weights_from_a_file(tmp_path):
     (tmp_path / "truncated.pth").write_bytes(path.read_bytes()[:1000])
     with pytest.raises(WeightsError, match="truncated.pth cannot be read"):
         load_backbone("efficientnet_lite0", str(tmp_path / "truncated.pth"))
+
+
+@pytest.mark.parametrize("name", list(clip.MODELS))
+def test_clip_table_entries_are_openclips_own_configuration(name):
+    architecture, dim = clip.MODELS[name]
+    model_config = open_clip.get_model_config(architecture)
+    weights_config = open_clip.get_pretrained_cfg(architecture, clip.TAG)
+    preprocess = get_spec(name).preprocess
+    assert dim == model_config["embed_dim"] and preprocess.crop == model_config["vision_cfg"]["image_size"]
+    assert (preprocess.mean, preprocess.std) == (weights_config["mean"], weights_config["std"])
+    assert preprocess.interpolation == weights_config["interpolation"] and weights_config["resize_mode"] == "shortest"
+    assert weights_config["quick_gelu"], "the table builds QuickGELU towers for OpenAI's weights"
+
+
+@pytest.mark.parametrize("name", ["clip_vitb32", "clip_vitb16"])
+def test_clip_features_are_openclips_encode_image_of_the_same_frames(name):
+    """Random weights, the same seed: our features equal the library's own `encode_image` on the frames its
+    own preprocessing (PIL) makes, within the rounding of a bicubic resize done on tensors instead of PIL; and
+    exactly on one preprocessed tensor."""
+    from PIL import Image
+
+    architecture, _ = clip.MODELS[name]
+    torch.manual_seed(backbones.RANDOM_SEED)
+    model, _, preprocess = open_clip.create_model_and_transforms(architecture, pretrained=None, force_quick_gelu=True)
+    model.eval()
+    ours = load_backbone(name, "random")
+    frames = read_clip(CLIPS_DIR / "qvg9eM4Hmzk_4_10.avi", 3).frames  # (3, H, W, 3) uint8 RGB
+    with torch.inference_mode():
+        theirs = model.encode_image(torch.stack([preprocess(Image.fromarray(f)) for f in frames]))  # (3, E)
+        features = ours.encode(torch.from_numpy(frames).permute(0, 3, 1, 2))  # (3, E)
+        assert features.shape == theirs.shape == (3, ours.spec.feature_dim)
+        assert torch.nn.functional.cosine_similarity(features, theirs).min() > 0.999
+        x = preprocess(Image.fromarray(frames[0]))[None]  # (1, 3, 224, 224)
+        torch.testing.assert_close(ours.module(x), model.encode_image(x), rtol=0, atol=0)
+
+
+def test_missing_clip_weights_name_the_file_to_fetch_and_where_it_goes(monkeypatch):
+    def offline(config, *args, **kwargs):
+        raise FileNotFoundError("Failed to download file (open_clip_pytorch_model.bin): no network")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", offline)
+    with pytest.raises(WeightsError) as info:
+        load_backbone("clip_vitb32", "imagenet")
+    message = str(info.value)
+    assert "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_model.safetensors" \
+        in message and "WEIGHTS=" in message and "no network" in message
+
+
+def test_clip_weights_from_a_safetensors_file_as_the_hub_ships_them(tmp_path):
+    from safetensors.torch import save_file
+
+    net = get_spec("clip_vitb32").build()
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file(net.state_dict(), str(path))
+    backbone = load_backbone("clip_vitb32", str(path))
+    assert backbone.weights.startswith("file:open_clip_model.safetensors:sha256=")
+    torch.testing.assert_close(backbone.module.proj, net.visual.proj)
+
+
+@pytest.mark.parametrize("name", list(clip.MODELS))
+def test_each_clip_backbone_extracts_a_store_that_records_its_layer_and_preprocessing(name, tmp_path):
+    """ViT-L/14 included (random weights, as every test's); the bundled real clips, 2 frames each."""
+    summary = extract(lite_config(CLIPS_DIR, tmp_path / f"{name}.h5", backbone=name, frames=2, precision="fp32"))
+    assert len(summary.done) == 4 and not summary.failed
+    store = FeatureStore(tmp_path / f"{name}.h5")
+    assert store.read_many(store.ids()).shape == (4, 2, get_spec(name).feature_dim)
+    assert store.settings.layer.startswith("image embedding (encode_image")
+    assert json.loads(store.settings.preprocessing)["interpolation"] == "bicubic"
+    with h5py.File(tmp_path / f"{name}.h5", "r") as f:
+        assert json.loads(f.attrs["versions"])["open-clip-torch"] == open_clip.__version__
+
+
+def test_the_first_backbones_preprocessing_is_recorded_as_before_so_their_stores_still_extend():
+    assert json.loads(json.dumps(get_spec("vgg16").preprocess.to_dict())) == {
+        "resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
