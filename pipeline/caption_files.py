@@ -22,11 +22,11 @@ from .config import CaptionConfig, DecodeConfig, parse_config
 from .decoding import caption_features
 from .devices import resolve_device
 from .errors import ConfigError, run_command
-from .encoding import encode_clip, non_finite
+from .encoding import encode_clip, non_finite, read_for
 from .labels import format_id_caption
 from .precision import runnable
 from .store import StoreSettings
-from .video import VideoError, read_clip, video_id
+from .video import VideoError, video_id
 
 
 def backbone_of(checkpoint: dict, weights_file: str) -> Backbone:
@@ -72,7 +72,7 @@ def caption_files(cfg: CaptionConfig) -> tuple[dict[str, str], dict[str, str]]:
     captions, failures = {}, {}
     for path in paths:
         try:
-            clip = read_clip(path, frames)
+            clip = read_for(backbone, path, frames)
         except VideoError as exc:
             failures[str(path)] = exc.cause
             continue

@@ -1,9 +1,10 @@
 """Encodes a decoded clip into per-frame features with a backbone, each distinct frame once.
 
-Reads nothing from disk and writes nothing: takes a `Clip` (`video.py`) and a placed
+Reads a clip through `read_for` (the frames, or the windows of frames, that the
+backbone needs) and writes nothing: takes a `Clip` (`video.py`) and a placed
 `Backbone` (`backbones/`) and returns features `(F, D)` float32, one row per
 sampled frame. A frame sampled twice (a short clip sampled at more frames than it
-has) is resized and encoded once. Extraction (`features.py`) uses the steps apart,
+has) is resized and encoded once; so is a window. Extraction (`features.py`) uses the steps apart,
 preparing clips in its decoding threads; `caption_files.py`, the bench and the
 tests encode a whole clip with `encode_clip`. Features that are not finite are refused
 by both (`non_finite` says why).
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from .backbones import Backbone
-from .video import Clip
+from .video import Clip, read_clip
 
 GEOMETRY_CHUNK = 8  # frames resized at once in a decoding thread
 # Frames per forward pass by default: on a CPU 16 ran EfficientNet-Lite0 2x faster than 80; on a GPU a pass
@@ -28,13 +29,25 @@ def frames_per_forward(batch: int, device: torch.device) -> int:
     return batch if batch > 0 else (CPU_FORWARD_FRAMES if device.type == "cpu" else GPU_FORWARD_FRAMES)
 
 
+def read_for(backbone: Backbone, path, frames: int, decoder: str = "auto", device="cpu") -> Clip:
+    """`read_clip` of what `backbone` encodes: the `frames` sampled frames, or for a video network the window
+    of consecutive frames around each, resized and cropped as they are decoded."""
+    if backbone.spec.window == 1:
+        return read_clip(path, frames, decoder, device)
+    return read_clip(path, frames, decoder, device, backbone.spec.window, backbone.spec.preprocess.frame_geometry)
+
+
 def prepare_clip(clip: Clip, backbone: Backbone) -> tuple[torch.Tensor, np.ndarray]:
-    """The clip's distinct frames resized and cropped `(U, 3, crop, crop)` uint8, and the row of each sampled
-    frame.
+    """The clip's distinct frames resized and cropped `(U, 3, crop, crop)` uint8 (for a video network its
+    distinct windows `(U, window, 3, crop, crop)`), and the row of each sampled frame.
 
     Resizing runs on the CPU whatever the backbone's device, so a store's crops are the same on every
     machine (a GPU's float resize rounds otherwise); for a GPU they are pinned, to be copied while it works.
     Frames are resized a few at a time, so a large frame size never costs more than a few float copies."""
+    if clip.window_rows is not None:  # the frames were resized and cropped as they were decoded
+        rows, inverse = np.unique(clip.window_rows, axis=0, return_inverse=True)  # (U, window), (F,)
+        windows = torch.from_numpy(clip.frames).permute(0, 3, 1, 2)[torch.from_numpy(rows)]  # (U, window, 3, c, c)
+        return (windows.pin_memory() if backbone.device.type == "cuda" else windows), inverse.reshape(-1)
     _, first, inverse = np.unique(clip.indices, return_index=True, return_inverse=True)
     geometry = backbone.spec.preprocess.geometry
     frames = torch.cat([geometry(torch.from_numpy(clip.frames[first[i:i + GEOMETRY_CHUNK]]).permute(0, 3, 1, 2))
@@ -43,9 +56,10 @@ def prepare_clip(clip: Clip, backbone: Backbone) -> tuple[torch.Tensor, np.ndarr
 
 
 def encode_frames(backbone: Backbone, frames: torch.Tensor, batch: int) -> torch.Tensor:
-    """Features `(N, D)` float32, on the backbone's device, of cropped frames `(N, 3, crop, crop)`, `batch` per
-    forward pass."""
-    return torch.cat([backbone.encode_cropped(frames[i:i + batch]) for i in range(0, len(frames), batch)])
+    """Features `(N, D)` float32, on the backbone's device, of cropped frames `(N, 3, crop, crop)` (or windows
+    `(N, window, 3, crop, crop)`), `batch` frames per forward pass."""
+    step = max(1, batch // backbone.spec.window)
+    return torch.cat([backbone.encode_cropped(frames[i:i + step]) for i in range(0, len(frames), step)])
 
 
 def encode_prepared(backbone: Backbone, frames: torch.Tensor, inverse: np.ndarray, batch: int) -> np.ndarray:

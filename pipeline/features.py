@@ -43,11 +43,11 @@ from .config import ExtractConfig, parse_config, print_config
 from .devices import resolve_device
 from .errors import ConfigError, PipelineError, run_command
 from .files import ensure_writable_folder, write_json
-from .encoding import encode_frames, frames_per_forward, non_finite, prepare_clip
+from .encoding import encode_frames, frames_per_forward, non_finite, prepare_clip, read_for
 from .precision import resolve_precision, runnable
 from .shards import merge_ranks, open_stores
 from .store import FeatureStore, StoreSettings, writer_lock
-from .video import (GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, not_a_file, nvdec_available, read_clip,
+from .video import (GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, not_a_file, nvdec_available,
                     resolve_decoder, video_id)
 
 # Devices whose forward passes take the frames of several clips at once while the previous pass's features are
@@ -110,7 +110,7 @@ def store_settings(backbone: Backbone, cfg: ExtractConfig) -> StoreSettings:
     return StoreSettings(backbone=backbone.spec.name, layer=backbone.spec.layer,
                          feature_dim=backbone.spec.feature_dim, weights=backbone.weights,
                          preprocessing=json.dumps(backbone.spec.preprocess.to_dict(), sort_keys=True),
-                         frames=cfg.frames, dtype=cfg.dtype, precision=backbone.precision)
+                         frames=cfg.frames, dtype=cfg.dtype, precision=backbone.precision, window=backbone.spec.window)
 
 
 def split_current(videos: list[Path], stamps: dict[str, tuple[int, int] | None]) -> tuple[list[Path], list[str]]:
@@ -131,7 +131,8 @@ class Prepared:
     """A decoded clip made ready for the backbone, in a decoding thread."""
 
     source: dict  # the store's source attributes; size and mtime as they were before decoding
-    frames: torch.Tensor  # (U, 3, crop, crop) uint8: the distinct sampled frames, resized and cropped
+    frames: torch.Tensor  # (U, 3, crop, crop) uint8: the distinct sampled frames, resized and cropped (for a
+    # video network the distinct windows, (U, window, 3, crop, crop))
     inverse: np.ndarray  # (F,) row of `frames` for each sampled frame
 
 
@@ -151,7 +152,7 @@ def _decode(path: Path, cfg: ExtractConfig, backbone: Backbone) -> Decoded:
     the traceback kept when it is not a known way for a file to be unreadable."""
     try:
         stat = path.stat()
-        clip = read_clip(path, cfg.frames, cfg.decoder, backbone.device)
+        clip = read_for(backbone, path, cfg.frames, cfg.decoder, backbone.device)
     except VideoError as exc:
         return Decoded(path, failure=exc.cause, unreadable=True)
     except Exception as exc:  # a decoder failing in a way we do not know: report it in full, go on

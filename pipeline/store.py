@@ -106,6 +106,7 @@ class StoreSettings:
     frames: int
     dtype: str  # "float32" or "float16"
     precision: str = "fp32"  # the backbone's arithmetic: fp32, bf16 or fp16 (stores made before it were fp32)
+    window: int = 1  # consecutive frames each feature describes (a video network's clip; stores before it: 1)
 
     def differences(self, other: "StoreSettings", only: tuple[str, ...] | None = None) -> list[str]:
         """One line per differing field (of `only`, when given): this value, then the other's."""
@@ -135,7 +136,9 @@ def _read_settings(f: h5py.File, path: Path) -> StoreSettings:
                   fl.default is MISSING}
     except KeyError as exc:
         raise StoreError(f"{path}: store attribute {exc} is missing") from None
-    values["feature_dim"], values["frames"] = int(values["feature_dim"]), int(values["frames"])
+    for name in ("feature_dim", "frames", "window"):
+        if name in values:
+            values[name] = int(values[name])
     return StoreSettings(**{k: (v if isinstance(v, int) else str(v)) for k, v in values.items()})
 
 

@@ -9,7 +9,9 @@ Correctness is defined against a full sequential decode: `frames[k]` is frame
 (`get_batch` on sparse indices, `vr[i]`, `skip_frames`) returns wrong frames on
 H.264 AVI clips, so every decoder here reads every frame in order and converts
 only the sampled ones to RGB; memory holds at most `n` frames whatever the clip's
-length. `nvdec`, when asked for, decodes on an NVIDIA GPU (FFmpeg's CUDA hwaccel
+length. With a window (a video network's clip length), the consecutive frames
+around each sampled one are kept, each passed through a resize as it is decoded.
+`nvdec`, when asked for, decodes on an NVIDIA GPU (FFmpeg's CUDA hwaccel
 through PyAV): the frames stay in GPU memory and only the sampled ones are copied
 out, as YUV planes that FFmpeg converts to RGB exactly as it converts a CPU-decoded
 frame. NVDEC takes the codecs whose decoding their standard makes exact (H.264,
@@ -31,6 +33,7 @@ import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -74,6 +77,9 @@ class Clip:
     decoder: str  # the decoder that decoded it
     claimed_frames: int = 0  # the frame count the container claims (0: it claims none)
     note: str | None = None  # why it was not decoded by the decoder asked for (NVDEC fell back to the CPU)
+    # With a window: `frames` are the distinct frames of every window, in order, and row k of `window_rows`
+    # (n, window) their rows for the window around `indices[k]` (`window_indices`)
+    window_rows: np.ndarray | None = None
 
     @property
     def missing_frames(self) -> int:
@@ -115,6 +121,13 @@ def sample_indices(n_total: int, n: int = 80) -> np.ndarray:
         raise ValueError(f"need n_total >= 1 and n >= 1, got n_total={n_total}, n={n}")
     k = np.arange(n, dtype=np.int64)
     return (2 * k + 1) * n_total // (2 * n)
+
+
+def window_indices(indices: np.ndarray, n_total: int, window: int) -> np.ndarray:
+    """`(n, window)` frame numbers: around each of `indices`, `window` consecutive frames, centred on it and
+    shifted inside the clip at its ends; a clip shorter than the window repeats its last frame."""
+    starts = np.clip(indices - window // 2, 0, max(0, n_total - window))  # (n,)
+    return np.minimum(starts[:, None] + np.arange(window), n_total - 1)  # (n, window)
 
 
 class _PyAVStream:
@@ -340,8 +353,9 @@ def _open(path: Path, decoder: str, gpu: int | None):
     return _NvdecReader(path, gpu) if decoder == GPU_DECODER else _READERS[decoder](path)
 
 
-def _decode_pass(path: Path, reader, indices: np.ndarray | None):
-    """Read every frame of the open `reader` in order; keep those at `indices` (None keeps nothing).
+def _decode_pass(path: Path, reader, indices: np.ndarray | None, keep: Callable | None = None):
+    """Read every frame of the open `reader` in order; keep those at `indices` (None keeps nothing), passed
+    through `keep` where given (a resize, so that only small frames are held).
 
     Returns `(kept, n_decoded)`, `kept` mapping frame number to RGB frame.
     A frame that fails to decode ends the clip there, on every pass alike.
@@ -355,15 +369,18 @@ def _decode_pass(path: Path, reader, indices: np.ndarray | None):
                 frame = reader.retrieve()
                 if frame is None:  # grabbed but not convertible: not a clean end of the clip
                     raise VideoError(path, f"frame {n_decoded} was decoded but could not be converted to RGB")
-                kept[n_decoded] = frame
+                kept[n_decoded] = frame if keep is None else keep(frame)
             n_decoded += 1
     finally:
         reader.close()
     return kept, n_decoded
 
 
-def read_clip(path: str | Path, n: int = 80, decoder: str = "auto", device="cpu") -> Clip:
-    """Decode `n` uniformly sampled frames of `path`, exact by construction.
+def read_clip(path: str | Path, n: int = 80, decoder: str = "auto", device="cpu", window: int = 1,
+              keep: Callable | None = None) -> Clip:
+    """Decode `n` uniformly sampled frames of `path`, exact by construction; with a `window` above 1, every
+    frame of the `window` consecutive frames around each (`window_indices`), each frame passed through `keep`
+    as it is decoded (so a clip is never held whole at full size).
 
     `decoder` is a name of `DECODERS` (`auto`: the default CPU decoder). `nvdec` decodes
     on the CUDA device `device`, the clips in `NVDEC_CODECS`; the CPU decoder takes the
@@ -385,11 +402,11 @@ def read_clip(path: str | Path, n: int = 80, decoder: str = "auto", device="cpu"
     if decoder == GPU_DECODER and _codec(path) not in NVDEC_CODECS:
         decoder = DEFAULT_CPU_DECODER
     if decoder != GPU_DECODER:
-        return _sampled(path, n, decoder, gpu)
+        return _sampled(path, n, decoder, gpu, window, keep)
     try:
-        return _sampled(path, n, decoder, gpu)
+        return _sampled(path, n, decoder, gpu, window, keep)
     except (NvdecError, VideoError) as exc:  # the CPU decoder judges the file: its error, if any, is the clip's
-        clip = _sampled(path, n, DEFAULT_CPU_DECODER, gpu)
+        clip = _sampled(path, n, DEFAULT_CPU_DECODER, gpu, window, keep)
         clip.note = f"decoded on the CPU ({DEFAULT_CPU_DECODER}): {getattr(exc, 'cause', exc)}"
         return clip
 
@@ -408,7 +425,7 @@ def _codec(path: Path) -> str | None:
         return None
 
 
-def _sampled(path: Path, n: int, decoder: str, gpu: int | None) -> Clip:
+def _sampled(path: Path, n: int, decoder: str, gpu: int | None, window: int, keep: Callable | None) -> Clip:
     """`read_clip` with one decoder."""
     reader = _open(path, decoder, gpu)  # its container's frame count picks the first pass's indices
     expected = claimed = reader.reported_frames
@@ -420,15 +437,23 @@ def _sampled(path: Path, n: int, decoder: str, gpu: int | None) -> Clip:
         if expected == 0:
             raise VideoError(path, "no decodable frames")
         indices = sample_indices(expected, n)
-        kept, n_decoded = _decode_pass(path, reader or _open(path, decoder, gpu), indices)
+        wanted = indices if window == 1 else window_indices(indices, expected, window)
+        kept, n_decoded = _decode_pass(path, reader or _open(path, decoder, gpu), wanted.ravel(), keep)
         reader = None
         if n_decoded == expected or (decoded_before and n_decoded > expected):  # every sampled frame was kept
             break
         expected, decoded_before = n_decoded, True
     else:
         raise VideoError(path, f"decodes to a different number of frames on each of {MAX_PASSES} reads")
-    frames = np.stack([kept[i] for i in indices.tolist()])  # (n, H, W, 3)
-    return Clip(frames=frames, indices=indices, n_frames=expected, fps=fps, decoder=decoder, claimed_frames=claimed)
+    clip = Clip(frames=np.empty(0), indices=indices, n_frames=expected, fps=fps, decoder=decoder,
+                claimed_frames=claimed)
+    if window == 1:
+        clip.frames = np.stack([kept[i] for i in indices.tolist()])  # (n, H, W, 3)
+    else:
+        distinct = np.array(sorted(kept))  # (U,) every frame of some window
+        clip.frames = np.stack([kept[i] for i in distinct.tolist()])  # (U, h, w, 3)
+        clip.window_rows = np.searchsorted(distinct, wanted)  # (n, window)
+    return clip
 
 
 def read_frames(path: str | Path, n: int = 80, decoder: str = "auto") -> tuple[np.ndarray, np.ndarray]:

@@ -5,26 +5,28 @@ from __future__ import annotations
 import json
 
 import h5py
+import numpy as np
 import open_clip
 import pytest
 import torch
 import torchvision
 from torchvision.models import VGG16_Weights
 
-from conftest import CLIPS_DIR, lite_config
+from conftest import CLIPS_DIR, SMALL_CLIPS, copy_clips, lite_config, write_h264_clip
 from pipeline import backbones
 from pipeline.backbones import clip
 from pipeline.backbones import BACKBONES, WeightsError, get_spec, load_backbone
-from pipeline.encoding import encode_clip
+from pipeline.encoding import encode_clip, read_for
 from pipeline.features import extract
 from pipeline.store import FeatureStore
-from pipeline.video import read_clip
+from pipeline.video import read_clip, window_indices
 
 
 def test_table_dims():
     dims = {name: spec.feature_dim for name, spec in BACKBONES.items()}
     assert dims == {"vgg16": 4096, "vgg19": 4096, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
-                    "efficientnet_lite0": 1280, "clip_vitb32": 512, "clip_vitb16": 512, "clip_vitl14": 768}
+                    "efficientnet_lite0": 1280, "clip_vitb32": 512, "clip_vitb16": 512, "clip_vitl14": 768,
+                    "r2plus1d_18": 512, "s3d": 1024, "mvit_v2_s": 768}
 
 
 def test_unknown_backbone_lists_the_known_ones():
@@ -158,6 +160,7 @@ def test_clip_weights_from_a_safetensors_file_as_the_hub_ships_them(tmp_path):
     torch.testing.assert_close(backbone.module.proj, net.visual.proj)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(clip.MODELS))
 def test_each_clip_backbone_extracts_a_store_that_records_its_layer_and_preprocessing(name, tmp_path):
     """ViT-L/14 included (random weights, as every test's); the bundled real clips, 2 frames each."""
@@ -174,3 +177,60 @@ def test_each_clip_backbone_extracts_a_store_that_records_its_layer_and_preproce
 def test_the_first_backbones_preprocessing_is_recorded_as_before_so_their_stores_still_extend():
     assert json.loads(json.dumps(get_spec("vgg16").preprocess.to_dict())) == {
         "resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+KINETICS = {"r2plus1d_18": "R2Plus1D_18_Weights", "s3d": "S3D_Weights", "mvit_v2_s": "MViT_V2_S_Weights"}
+
+
+@pytest.mark.parametrize("name", list(KINETICS))
+def test_video_features_are_torchvisions_own_forward_on_the_exact_window_of_frames(name):
+    """Random weights, the same seed: each sampled position's feature is torchvision's network, its classifier
+    taken off, on the 16 consecutive frames around it, decoded exactly (a full decode's frames) and
+    preprocessed by the weights' own transform."""
+    weights = getattr(torchvision.models.video, KINETICS[name]).KINETICS400_V1
+    torch.manual_seed(backbones.RANDOM_SEED)
+    net = getattr(torchvision.models.video, name)().eval()
+    setattr(net, {"r2plus1d_18": "fc", "s3d": "classifier", "mvit_v2_s": "head"}[name], torch.nn.Identity())
+    ours = load_backbone(name, "random")
+    path = CLIPS_DIR / "qvg9eM4Hmzk_4_10.avi"
+    clip = read_for(ours, path, 2)
+    everything = read_clip(path, clip.n_frames)  # every frame, in order
+    assert list(everything.indices) == list(range(clip.n_frames))
+    windows = window_indices(clip.indices, clip.n_frames, 16)  # (2, 16)
+    with torch.inference_mode():
+        theirs = net(torch.stack([weights.transforms()(torch.from_numpy(everything.frames[w]).permute(0, 3, 1, 2))
+                                  for w in windows]))  # (2, D)
+        features = torch.from_numpy(encode_clip(ours, clip))  # (2, D)
+    assert features.shape == theirs.shape == (2, ours.spec.feature_dim)
+    torch.testing.assert_close(features, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_windows_are_consecutive_frames_around_each_position_shifted_inside_the_clip():
+    assert window_indices(np.array([0, 10, 19]), 20, 4).tolist() == [[0, 1, 2, 3], [8, 9, 10, 11],
+                                                                      [16, 17, 18, 19]]
+    assert window_indices(np.array([0, 2]), 3, 4).tolist() == [[0, 1, 2, 2], [0, 1, 2, 2]]
+
+
+def test_window_frames_are_the_exact_frames_of_a_full_decode_resized_as_decoded(tmp_path):
+    """Generated H.264 with B-frames; every decoder; the frames of the windows, not the whole clip, are kept."""
+    path = write_h264_clip(tmp_path / "b.mp4", 120)
+    spec = get_spec("r2plus1d_18")
+    everything = read_clip(path, 120)
+    for decoder in ("pyav", "opencv", "decord"):
+        clip = read_clip(path, 4, decoder, window=16, keep=spec.preprocess.frame_geometry)
+        rows = window_indices(clip.indices, 120, 16)
+        assert len(clip.frames) == len(np.unique(rows)) == 64 and clip.frames.shape[1:] == (112, 112, 3)
+        for k, window in enumerate(rows):
+            expected = spec.preprocess.geometry(torch.from_numpy(everything.frames[window]).permute(0, 3, 1, 2))
+            assert np.array_equal(clip.frames[clip.window_rows[k]], expected.permute(0, 2, 3, 1).numpy()), decoder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(KINETICS))
+def test_each_video_backbone_extracts_a_store_that_records_its_window(name, tmp_path):
+    raw = copy_clips(SMALL_CLIPS[:2], tmp_path / "raw")
+    summary = extract(lite_config(raw, tmp_path / f"{name}.h5", backbone=name, frames=2, precision="fp32"))
+    assert len(summary.done) == 2 and not summary.failed
+    store = FeatureStore(tmp_path / f"{name}.h5")
+    assert store.settings.window == 16 and store.read_many(store.ids()).shape == (2, 2, get_spec(name).feature_dim)
+    assert FeatureStore(tmp_path / f"{name}.h5").settings == store.settings  # read back, the window an int

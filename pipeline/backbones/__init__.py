@@ -3,7 +3,8 @@
 Reads weights (each family's from where its library gets them, or a file the user names); writes nothing.
 `BACKBONES` is the table the command lines, the store and `caption.py` read: each name maps to its builder,
 the layer it is cut at, its feature dimension, its published weights and the preprocessing that goes with
-them. The families: `imagenet` (VGG, ResNet, EfficientNet-Lite0) and `clip` (OpenCLIP's image encoders).
+them. The families: `imagenet` (VGG, ResNet, EfficientNet-Lite0), `clip` (OpenCLIP's image encoders) and
+`kinetics` (torchvision's Kinetics-400 video networks, a feature per window of consecutive frames).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from . import clip, imagenet
+from . import clip, imagenet, kinetics
 from .spec import Backbone, BackboneSpec, Preprocess, WeightsError
 from .weights import file_weights, refused_pickle
 
@@ -21,7 +22,7 @@ __all__ = ["BACKBONES", "Backbone", "BackboneSpec", "Preprocess", "WeightsError"
            "refused_pickle"]
 
 RANDOM_SEED = 0  # random weights are seeded, so a "random" store is reproducible
-BACKBONES: dict[str, BackboneSpec] = {**imagenet.SPECS, **clip.SPECS}
+BACKBONES: dict[str, BackboneSpec] = {**imagenet.SPECS, **clip.SPECS, **kinetics.SPECS}
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -32,8 +33,8 @@ def get_spec(name: str) -> BackboneSpec:
 
 def load_backbone(name: str, weights: str = "imagenet") -> Backbone:
     """Build backbone `name` with `weights`: "imagenet" (the weights the backbone is published with: ImageNet's,
-    or OpenAI's for CLIP), "random", or a file path holding a state dict of the whole network (before the cut).
-    """
+    OpenAI's for CLIP, Kinetics-400's for the video networks), "random", or a file path holding a state dict of
+    the whole network (before the cut)."""
     spec = get_spec(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)

@@ -9,21 +9,13 @@ were trained with beside it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
 
-from .spec import BackboneSpec, Preprocess, WeightsError
-
-
-def _preprocess_of(weights_enum) -> Preprocess:
-    """The preprocessing torchvision's weights were trained with."""
-    t = weights_enum.transforms()
-    return Preprocess(t.resize_size[0], t.crop_size[0], tuple(t.mean), tuple(t.std))
-
+from .spec import BackboneSpec, Preprocess
+from .torchvision_hub import hub_weights, preprocess_of
 
 # EfficientNet-Lite was trained on pixels scaled as (x - 127) / 128.
 LITE = Preprocess(256, 224, (127 / 255,) * 3, (128 / 255,) * 3)
@@ -51,25 +43,6 @@ class _LitePooled(nn.Module):
         return self.net.extract_features(x).mean(dim=(2, 3))  # (N, 1280, h, w) -> (N, 1280)
 
 
-def _torchvision_weights(weights_enum) -> Callable[[], tuple[dict, str]]:
-    """Load torchvision ImageNet weights from the hub cache, downloading if online."""
-
-    def load() -> tuple[dict, str]:
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights_enum.url).path).name
-        try:
-            state = weights_enum.get_state_dict(progress=True)
-        except (OSError, RuntimeError) as exc:  # no network, or a partial or damaged file in the cache
-            raise WeightsError(
-                f"ImageNet weights {weights_enum} are not in the torch hub cache and could not be "
-                f"downloaded ({exc}).\n  Either download {weights_enum.url}\n  on a machine with a "
-                f"network and place it at {cached}\n  (or pass WEIGHTS=/path/to/that/file), or use "
-                f"BACKBONE=efficientnet_lite0, whose ImageNet weights install offline with the project."
-            ) from None
-        return state, f"torchvision:{weights_enum}"
-
-    return load
-
-
 def _lite0_build() -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -85,12 +58,12 @@ def _lite0_weights() -> tuple[dict, str]:
 
 def _vgg(name: str, weights_enum) -> BackboneSpec:
     return BackboneSpec(name, "fc7 after ReLU", 4096, getattr(torchvision.models, name), _fc7,
-                        _torchvision_weights(weights_enum), _preprocess_of(weights_enum))
+                        hub_weights(weights_enum), preprocess_of(weights_enum))
 
 
 def _resnet(name: str, weights_enum) -> BackboneSpec:
     return BackboneSpec(name, "global average pool", 2048, getattr(torchvision.models, name), _global_pool,
-                        _torchvision_weights(weights_enum), _preprocess_of(weights_enum))
+                        hub_weights(weights_enum), preprocess_of(weights_enum))
 
 
 _tv = torchvision.models
