@@ -96,7 +96,7 @@ def _clips_for_a_case(name: str, device: torch.device, precision: str, sample) -
     return int(np.clip(round(CASE_SECONDS / seconds), 1, 8))
 
 
-def _folder_of(videos: list[Path], folder: Path, copies: int = 1) -> Path:
+def folder_of(videos: list[Path], folder: Path, copies: int = 1) -> Path:
     """`folder` holding `videos` `copies` times over (links, each a clip of its own name)."""
     folder.mkdir()
     for copy in range(copies):
@@ -121,7 +121,7 @@ def _on_cpu(name: str, videos: list[Path], repeats: int, device: torch.device, w
     default = resolve_precision("auto", device)
     sample = read_clip(videos[0], FRAMES)
     n_clips = min(_clips_for_a_case(name, device, default, sample), max_clips, len(videos))
-    folder = _folder_of(videos[:n_clips], work / f"{name}-clips")
+    folder = folder_of(videos[:n_clips], work / f"{name}-clips")
     clips = [read_clip(path, FRAMES) for path in sorted(folder.iterdir())]
     seconds = alternate({"backbone": _encoder(name, device, default, clips),
                          "pipeline": _pipeline(name, device, folder, work)}, repeats)
@@ -160,7 +160,7 @@ def _decoding_alone(folder: Path, device: torch.device):
 
 def _on_gpu(name: str, videos: list[Path], repeats: int, device: torch.device, work: Path) -> tuple:
     default = resolve_precision("auto", device)
-    folder = _folder_of(videos, work / f"{name}-clips", copies=-(-GPU_CLIPS // len(videos)))
+    folder = folder_of(videos, work / f"{name}-clips", copies=-(-GPU_CLIPS // len(videos)))
     batch, kept = _batch_of_frames(name, device, videos), {}
     seconds = alternate({"backbone": _network_alone(name, device, default, batch, kept),
                          "decoding": _decoding_alone(folder, device),

@@ -135,6 +135,11 @@ class Prepared:
     # video network the distinct windows, (U, window, 3, crop, crop))
     inverse: np.ndarray  # (F,) row of `frames` for each sampled frame
 
+    @property
+    def frame_count(self) -> int:
+        """The frames the backbone will take: a window counts as its frames."""
+        return len(self.frames) * (self.frames.shape[1] if self.frames.dim() == 5 else 1)
+
 
 @dataclass
 class Decoded:
@@ -237,8 +242,8 @@ class _Passes:
         self.in_flight: _Pass | None = None  # encoded, not yet written
 
     def add(self, clip: Decoded) -> None:
-        gathered = sum(len(c.prepared.frames) for c in self.waiting)
-        if self.waiting and gathered + len(clip.prepared.frames) > self.batch:
+        gathered = sum(c.prepared.frame_count for c in self.waiting)
+        if self.waiting and gathered + clip.prepared.frame_count > self.batch:
             self._start()
         self.waiting.append(clip)
         if not self.grouped:
