@@ -35,8 +35,9 @@ NEW = ("clip_vitb32", "clip_vitb16", "clip_vitl14", "r2plus1d_18", "s3d", "mvit_
 
 
 def _rates(name: str, paths: list[Path], positions: int, repeats: int, device, work: Path) -> dict:
-    precision = resolve_precision("auto", device)
-    backbone = load_backbone(name, "random").place(device, precision)
+    backbone = load_backbone(name, "random")
+    precision = resolve_precision("auto", device, auto_bf16_on_cpu=backbone.spec.cpu_bf16)
+    backbone.place(device, precision)
     clips = [read_for(backbone, path, positions) for path in paths]
     encode_clip(backbone, clips[0])  # the first call pays one-time setup
     store = work / f"{name}.h5"

@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in one run, printed as a table, written to `bench/results.json`.
 
 Reads the shared MSVD clips, or without them the four in tests/data (or `--clips`); writes `bench/results.json` with one
-object per benchmark: `extract`, `precision`, `decode`, `train`, `beam`, `memory`, `scale`
+object per benchmark: `extract`, `precision`, `backbones` (CLIP and the Kinetics video networks),
+`decode`, `train`, `beam`, `memory`, `scale`
 (costs at MSR-VTT's size, on generated data), and `machine` (the CPU model and whether it
 computes bfloat16 natively, the GPU, the torch version). Each pair inside a benchmark is measured side by side,
 alternating, and reports the median of `--repeats` repetitions. Sized to finish
@@ -23,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_backbones  # noqa: E402
 import bench_beam  # noqa: E402
 import bench_decode  # noqa: E402
 import bench_extract  # noqa: E402
@@ -105,8 +107,14 @@ def _scale_rows(s: dict) -> list[tuple[str, str, float, str]]:
              s["scoring_ratio"], "< 2 ratio (2: scored apart)")]
 
 
-ROWS = {"extract": _extract_rows, "precision": _precision_rows, "decode": _decode_rows, "train": _train_rows,
-        "beam": _beam_rows, "memory": _memory_rows, "scale": _scale_rows}
+def _backbones_rows(b: dict) -> list[tuple[str, str, float, str]]:
+    return [("backbones", f"{name} ({r['precision']}), {r['clips']} clip(s) x {r['positions']} positions, a feature "
+             f"of {r['window']} frame(s): network {r['network_pps']:.2f}, pipeline {r['pipeline_pps']:.2f} features/s",
+             r["ratio"], "-") for name, r in b.items()]
+
+
+ROWS = {"extract": _extract_rows, "precision": _precision_rows, "backbones": _backbones_rows, "decode": _decode_rows,
+        "train": _train_rows, "beam": _beam_rows, "memory": _memory_rows, "scale": _scale_rows}
 
 
 def table(results: dict) -> list[tuple[str, str, float, str]]:
@@ -135,14 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     small = {"extract": {"backbones": ("efficientnet_lite0",), "max_clips": 2}, "decode": {"max_clips": 2},
              "train": {"steps": 1},
              "beam": {"videos": 8, "single_videos": 2}, "memory": {"seconds": (1, 3), "size": (320, 240)},
-             "scale": {"entries": (5, 50), "new_clips": 2, "videos": 200, "train_videos": 128, "scored_videos": 30}} \
-        if args.quick else {"extract": {}, "decode": {}, "train": {}, "beam": {}, "memory": {}, "scale": {}}
+             "scale": {"entries": (5, 50), "new_clips": 2, "videos": 200, "train_videos": 128, "scored_videos": 30},
+             "backbones": {"backbones": ("clip_vitb32", "r2plus1d_18"), "positions": 1}} \
+        if args.quick else {"extract": {}, "decode": {}, "train": {}, "beam": {}, "memory": {}, "scale": {},
+                            "backbones": {"positions": 2}}
     print(f"bench: device {args.device}, {args.repeats} repetitions, clips {args.clips}; machine "
           f"{machine.describe()}", flush=True)
     start = time.perf_counter()
     results: dict = {}
     steps = [(("extract", "precision"), lambda: results.update(
                  bench_extract.run(args.clips, args.repeats, args.device, **small["extract"]))),
+             (("backbones",), lambda: results.update(
+                 backbones=bench_backbones.run(args.clips, args.repeats, args.device, **small["backbones"]))),
              (("decode",), lambda: results.update(
                  decode=bench_decode.run(args.clips, args.repeats, args.device, **small["decode"]))),
              (("train",), lambda: results.update(

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .backbones import Backbone, load_backbone
+from .backbones import Backbone, get_spec, load_backbone
 from .config import ExtractConfig, parse_config, print_config
 from .devices import resolve_device
 from .errors import ConfigError, PipelineError, run_command
@@ -293,7 +293,7 @@ def check_options(cfg: ExtractConfig) -> tuple[torch.device, str]:
     if cfg.decoder == GPU_DECODER and (device.type != "cuda" or not nvdec_available()):
         raise ConfigError("DECODER=nvdec decodes on the GPU: it needs DEVICE=cuda, a CUDA GPU, and PyAV 18 or later "
                           "with FFmpeg's CUDA hwaccel (the PyPI wheels have it); use DECODER=auto")
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, auto_bf16_on_cpu=get_spec(cfg.backbone).cpu_bf16)
     if cfg.precision == "auto" and store.is_file():
         precision = runnable(FeatureStore(store).settings.precision, device)
     return device, precision

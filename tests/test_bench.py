@@ -22,6 +22,7 @@ KEYS = {"extract": {"backbone_fps", "pipeline_fps", "ratio"},
         "train": {"ours_s_per_epoch", "reference_s_per_epoch", "speedup"},
         "beam": {"batched_vps", "single_vps", "speedup"},
         "memory": {"short_mb", "long_mb", "ratio"},
+        "backbones": {"network_pps", "pipeline_pps", "ratio", "window"},
         "scale": {"extract_ratio", "skip_s", "captions_s", "train_ratio", "scoring_ratio", "scoring_model_s",
                   "scoring_with_baseline_s"}}
 
@@ -45,6 +46,9 @@ def test_make_bench_writes_every_benchmark(tmp_path):
     assert "| benchmark | measured | figure | target |" in proc.stdout and "| memory |" in proc.stdout
     assert proc.stdout.count("| scale |") == 5 and "| scale | skip pass over 50 unchanged clips" in proc.stdout
     assert "| decode | sampled frames/s" in proc.stdout
+    assert set(results["backbones"]) == {"clip_vitb32", "r2plus1d_18"} and results["backbones"]["r2plus1d_18"][
+        "window"] == 16 and all(KEYS["backbones"] <= set(r) for r in results["backbones"].values())
+    assert proc.stdout.count("| backbones |") == 2
 
 
 def test_the_gpu_extraction_bench_runs_its_whole_path_on_clips_of_different_sizes(tmp_path, monkeypatch):
@@ -76,6 +80,7 @@ def test_a_benchmark_that_fails_is_a_row_saying_why_and_the_others_still_run(tmp
     import sys
 
     sys.path.insert(0, str(ROOT / "bench"))
+    import bench_backbones
     import bench_beam
     import bench_decode
     import bench_memory
@@ -91,6 +96,9 @@ def test_a_benchmark_that_fails_is_a_row_saying_why_and_the_others_still_run(tmp
                                                               "threads": 1, "device": "cpu", "default": "opencv",
                                                               "speedup": 0.5})
     monkeypatch.setattr(bench_beam, "run", lambda **k: {5: {"batched_vps": 4.0, "single_vps": 1.0, "speedup": 4.0}})
+    monkeypatch.setattr(bench_backbones, "run", lambda *a, **k: {"r2plus1d_18": {
+        "network_pps": 2.0, "pipeline_pps": 1.0, "ratio": 0.5, "precision": "bf16", "clips": 1, "positions": 2,
+        "window": 16}})
     monkeypatch.setattr(bench_memory, "run", lambda **k: {"short_mb": 1.0, "long_mb": 1.0, "ratio": 1.0,
                                                           "short_seconds": 1, "long_seconds": 2, "resolution": "2x2"})
     monkeypatch.setattr(bench_scale, "run", lambda **k: dict.fromkeys(
@@ -102,7 +110,7 @@ def test_a_benchmark_that_fails_is_a_row_saying_why_and_the_others_still_run(tmp
     assert run_all.main(["--quick", "--device", "cpu", "--out", str(out)]) == 1
     results = json.loads(out.read_text())
     assert results["failed"] == {"train": "RuntimeError: CUDA error: an illegal memory access"}
-    assert {"decode", "beam", "memory", "scale"} <= set(results)
+    assert {"decode", "beam", "memory", "scale", "backbones"} <= set(results)
     table = capsys.readouterr().out
     assert "| train | failed: RuntimeError: CUDA error: an illegal memory access | nan | - |" in table
     assert "| beam | beam 5: batched 4.0 videos/s" in table

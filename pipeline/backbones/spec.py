@@ -72,6 +72,7 @@ class BackboneSpec:
     pretrained_weights: Callable[[], tuple[dict, str]]  # -> (state dict of the full network, identity)
     preprocess: Preprocess
     window: int = 1  # consecutive frames a feature describes: 1 for an image network, the clip length for a video one
+    cpu_bf16: bool = True  # whether PRECISION=auto runs it at bf16 on a CPU that has bf16 natively
 
 
 @dataclass
