@@ -512,6 +512,7 @@ def test_a_checkpoint_that_cannot_be_written_names_run_and_the_reason_and_keeps_
 # -- what make eval says -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_empty_captions_are_reported_alike_by_make_eval_and_by_scoring_its_captions_file(tmp_path, clip_features,
                                                                                            tiny_run, monkeypatch):
     run, labels = tmp_path / "run", str(CLIPS_DIR / "labels.json")
@@ -721,6 +722,7 @@ def test_a_store_without_checksums_is_read_and_the_validator_says_damage_would_g
 # -- names and reasons ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_clip_named_in_decomposed_unicode_matches_its_composed_label(tmp_path, recwarn):
     """macOS writes `café.avi` decomposed (NFD); labels typed on Linux say it composed (NFC), and both print
     alike: extraction, its skip pass, training, scoring, the report, caption.py and --predictions match them."""
