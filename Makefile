@@ -102,7 +102,7 @@ demo: sample ## the whole chain on the sample set: features, train, eval -> DEMO
 	$(PY) -m pipeline.attributes $(DEMO_RUN)/captions.txt $(SAMPLE)/attributes.json --scores $(DEMO_RUN)/scores.json
 	@echo "demo finished: scores in $(DEMO_RUN)/scores.json, report in $(DEMO_RUN)/report.html"
 
-bench: setup ## run every benchmark side by side (about 6 min on 2 CPU cores), print a table, write bench/results.json
+bench: setup ## run every benchmark side by side (about 7 min on 2 CPU cores), print a table, write bench/results.json
 	$(PY) bench/run_all.py --device $(DEVICE) $(BENCH_ARGS)
 
 clean-venv: ## remove the virtual environment
