@@ -5,7 +5,7 @@ prints one `video_id,caption` line per video. The sampler, frame count, backbone
 weights and preprocessing are the ones the run was trained on, read from the
 checkpoint; a clip that cannot be read, or whose features are not finite, is
 reported and the others are captioned. Two files giving the same video id (their
-file name, composed as `video.video_id` composes it) are refused before any work.
+file name, composed as `ids.video_id` composes it) are refused before any work.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from .encoding import encode_clip, non_finite, read_for
 from .labels import format_id_caption
 from .precision import runnable
 from .store import StoreSettings
-from .video import VideoError, video_id
+from .ids import video_id
+from .video import VideoError
 
 
 def backbone_of(checkpoint: dict, weights_file: str) -> Backbone:

@@ -1,7 +1,7 @@
 """Extracts CNN features of every new or changed clip in a folder into the HDF5 feature store.
 
 Reads every video in `cfg.raw`; writes `cfg.features` (the store, each clip under its video id: its file
-name, composed as `video.video_id` composes it), and beside it
+name, composed as `ids.video_id` composes it), and beside it
 `<stem>.config.json` (the config and the run's summary) and `<stem>.failures.json`
 (`{"failed": [...], "warnings": [...]}`: each clip that failed with the reason, and
 each clip extracted with a warning). Incremental: a clip already in the store with
@@ -47,8 +47,8 @@ from .encoding import encode_frames, frames_per_forward, non_finite, prepare_cli
 from .precision import resolve_precision, runnable
 from .shards import merge_ranks, open_stores
 from .store import FeatureStore, StoreSettings, writer_lock
-from .video import (GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, not_a_file, nvdec_available,
-                    resolve_decoder, video_id)
+from .ids import video_id
+from .video import GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, not_a_file, nvdec_available, resolve_decoder
 
 # Devices whose forward passes take the frames of several clips at once while the previous pass's features are
 # copied out and written: a GPU would otherwise idle between one clip and the next. On a CPU the rate does not

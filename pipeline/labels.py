@@ -15,7 +15,7 @@ Files may start with a UTF-8 byte-order mark. In a `video_id,caption` line an id
 holding a comma or a double quote is written quoted, CSV-style (`"a,b.avi",a dog`,
 quotes doubled inside), and read back the same way; the caption is the rest of the
 line. Video ids come back in the form clips' ids are compared in (Unicode's composed
-form, `video.normal_id`), whatever form the file wrote them in. Writes nothing.
+form, `ids.normal_id`), whatever form the file wrote them in. Writes nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import PipelineError
-from .video import VIDEO_EXTENSIONS, normal_id, not_a_file
+from .ids import normal_id
+from .video import VIDEO_EXTENSIONS, not_a_file
 from .vocab import tokenize
 
 MSVD_MAPPING = "youtube_video_to_id_mapping.txt"
@@ -98,7 +99,7 @@ def _split_id_caption(line: str) -> tuple[str, str] | None:
 
 
 def _add(captions: dict[str, list[str]], path: Path, where: str, video_id: str, caption) -> None:
-    """Add `caption` to the video `video_id`, in the form clips' ids are compared in (`video.normal_id`)."""
+    """Add `caption` to the video `video_id`, in the form clips' ids are compared in (`ids.normal_id`)."""
     if not isinstance(caption, str) or not tokenize(caption):
         warnings.warn(f"{path}: {where}: empty caption for {video_id!r} skipped", stacklevel=3)
         return

@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from .metrics import METRIC_KEYS
-from .video import VideoError, read_clip, video_id
+from .ids import video_id
+from .video import VideoError, read_clip
 
 GIF_FRAMES = 16  # frames per GIF, spread over the clip
 GIF_WIDTH = 160  # pixels

@@ -21,7 +21,8 @@ from .labels import CaptionError, load_captions, read_id_caption_lines
 from .vocab import tokenize
 from .errors import PipelineError
 from .metrics import METRIC_KEYS, score_caption_sets, score_captions
-from .video import normal_id, not_a_file
+from .ids import normal_id
+from .video import not_a_file
 
 
 class PredictionError(PipelineError):
@@ -29,7 +30,7 @@ class PredictionError(PipelineError):
 
 
 def read_predictions(path: str | Path) -> dict[str, str]:
-    """`video_id,caption` lines, their ids composed as clips' are (`video.normal_id`); duplicate ids are an
+    """`video_id,caption` lines, their ids composed as clips' are (`ids.normal_id`); duplicate ids are an
     error, empty captions are kept."""
     path = Path(path)
     reason = not_a_file(path)

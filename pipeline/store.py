@@ -49,6 +49,7 @@ import numpy as np
 from . import files
 from .config import InspectConfig, parse_config
 from .errors import PipelineError, run_command
+from .ids import decomposed_id, normal_id
 
 FORMAT = "s2vt-features"
 FORMAT_VERSION = 1
@@ -70,8 +71,8 @@ AGAIN = "extract it again: touch its clip in RAW and run `make features`"  # a n
 
 def _unreadable(dataset: h5py.Dataset, exc: Exception) -> str:
     """Why the values of `dataset` could not be read: HDF5 reports a Fletcher-32 checksum that does not match as
-    its filter failing."""
-    if dataset.fletcher32 and "filter" in str(exc):
+    its filter failing (or, in some versions, names the checksum)."""
+    if dataset.fletcher32 and any(word in str(exc).lower() for word in ("filter", "fletcher", "checksum")):
         return "damaged: its checksum does not match"
     return f"cannot be read ({type(exc).__name__}: {exc}): damaged"
 
@@ -125,6 +126,19 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def _entries(group: h5py.Group) -> dict[str, str]:
+    """Per video id (NFC), the name of its entry: a store made before ids were compared composed may name an
+    entry decomposed (NFD, as macOS names files)."""
+    return {normal_id(key): key for key in group}
+
+
+def _delete_entry(group: h5py.Group, video_id: str) -> None:
+    """Delete the entry of `video_id` (NFC), and its decomposed twin an older store may hold."""
+    for key in {video_id, decomposed_id(video_id)}:
+        if key in group:
+            del group[key]
 
 
 def _read_settings(f: h5py.File, path: Path) -> StoreSettings:
@@ -245,13 +259,15 @@ class FeatureStore:
         return self.settings.feature_dim
 
     def ids(self) -> list[str]:
+        """The video ids, composed (NFC) as every id is compared, whatever form an older store named them in."""
         with _inside(self.path, "r") as f:
-            return sorted(f["features"].keys())
+            return sorted(_entries(f["features"]))
 
     def sources(self) -> dict[str, dict]:
         """Per video id, the source attributes recorded with its features."""
         with _inside(self.path, "r") as f:
-            return {vid: dict(ds.attrs) for vid, ds in f["features"].items()}
+            group = f["features"]
+            return {vid: dict(group[key].attrs) for vid, key in _entries(group).items()}
 
     def stamps(self) -> dict[str, tuple[int, int] | None]:
         """Per video id, the size and mtime (ns) of the file its features were made from, or None when its
@@ -263,8 +279,8 @@ class FeatureStore:
         stamps: dict[str, tuple[int, int] | None] = {}
         with _inside(self.path, "r") as f:
             group = f["features"]
-            for vid in group:
-                entry = h5py.h5o.open(group.id, vid.encode())
+            for vid, key in _entries(group).items():
+                entry = h5py.h5o.open(group.id, key.encode())
                 if not all(h5py.h5a.exists(entry, key.encode()) for key in SOURCE_KEYS):
                     stamps[vid] = None
                     continue
@@ -287,15 +303,20 @@ class FeatureStore:
         problems = []
         with _inside(self.path, "r") as f:
             group = f["features"]
-            missing = [v for v in video_ids if v not in group]
+            keys = _entries(group)
+            missing = [v for v in video_ids if normal_id(v) not in keys]
             if missing:
                 raise StoreError(f"{self.path} has no features for {len(missing)} ids, e.g. {missing[:3]}")
             for row, vid in zip(features, video_ids):  # row: (F, D)
-                dataset = h5py.h5d.open(group.id, vid.encode())
+                key = keys[normal_id(vid)]
+                dataset = h5py.h5d.open(group.id, key.encode())
+                if dataset.shape != row.shape:  # a store written by other means: the read would not fit the row
+                    problems.append(f"{vid}: features of shape {dataset.shape}, not the store's {row.shape}")
+                    continue
                 try:
                     dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, row)
                 except OSError as exc:  # its values are damaged (a damaged header fails the open: `_inside`)
-                    problems.append(f"{vid}: {_unreadable(group[vid], exc)}")
+                    problems.append(f"{vid}: {_unreadable(group[key], exc)}")
                     continue
                 if not np.isfinite(row).all():  # 0.16 ms for an (80, 4096) row
                     problems.append(f"{vid}: {NON_FINITE}")
@@ -325,8 +346,7 @@ class FeatureStore:
                 raise StoreError(f"{self.path}: the features of {video_id} could not be written ({exc}); the "
                                  f"store holds everything written before it") from None
             done = f["features"]
-            if video_id in done:
-                del done[video_id]
+            _delete_entry(done, video_id)
             f.move(f"{INCOMPLETE}/{video_id}", f"features/{video_id}")
 
     def discard_incomplete(self) -> None:
@@ -359,8 +379,7 @@ class FeatureStore:
 
     def remove(self, video_id: str) -> None:
         with _inside(self.path, "a") as f:
-            if video_id in f["features"]:
-                del f["features"][video_id]
+            _delete_entry(f["features"], video_id)
 
     def validate(self) -> list[str]:
         """Every problem found in the file, as sentences; an empty list means valid. Damage is reported

@@ -18,10 +18,8 @@ frame. NVDEC takes the codecs whose decoding their standard makes exact (H.264,
 HEVC, VP8, VP9, AV1); a clip it fails on is decoded on the CPU instead, and the
 clip says why.
 
-A clip's video id is its file name in Unicode's composed form (NFC, `video_id`):
-macOS writes names decomposed (NFD), labels are mostly typed composed, and both
-print alike, so every place that matches ids compares them in that form
-(`normal_id`). A path that is not a regular file, or that this user may not read,
+A clip's video id is its file name in Unicode's composed form (`ids.video_id`). A
+path that is not a regular file, or that this user may not read,
 is refused before any decoder opens it (`not_a_file` looks at its directory entry
 alone: opening a FIFO would block).
 """
@@ -30,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import os
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -85,16 +82,6 @@ class Clip:
     def missing_frames(self) -> int:
         """Frames the container claims that do not decode (a truncated or damaged file)."""
         return max(self.claimed_frames - self.n_frames, 0)
-
-
-def normal_id(video_id: str) -> str:
-    """`video_id` in the form every id is compared in: Unicode's composed form (NFC)."""
-    return unicodedata.normalize("NFC", video_id)
-
-
-def video_id(path: str | Path) -> str:
-    """The video id of the clip at `path`: its file name, in the form ids are compared in."""
-    return normal_id(Path(path).name)
 
 
 def not_a_file(path: Path) -> str | None:

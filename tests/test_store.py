@@ -111,3 +111,25 @@ def test_info_command(store, capsys):
     assert main([str(store.path)]) == 0
     out = capsys.readouterr().out
     assert "vgg16" in out and "valid" in out
+
+
+def test_an_older_stores_decomposed_entry_is_found_under_its_composed_id_and_replaced_by_it(store):
+    """Stores made before ids were compared composed (NFC) named a clip as its file was named: decomposed (NFD)
+    where macOS wrote it."""
+    composed, decomposed = "caf\u00e9.avi", "cafe\u0301.avi"
+    store.write(decomposed, np.ones((4, 6), np.float32), source_attrs(1))
+    assert store.ids() == [composed] and list(store.stamps()) == [composed] and list(store.sources()) == [composed]
+    assert store.read_many([composed]).sum() == 24
+    store.write(composed, np.zeros((4, 6), np.float32), source_attrs(2))
+    with h5py.File(store.path, "r") as f:
+        assert list(f["features"]) == [composed], "the decomposed twin is replaced, not kept beside"
+    store.remove(composed)
+    assert store.ids() == []
+
+
+def test_an_entry_of_another_shape_is_refused_by_name_not_read_past_its_row(store):
+    store.write("a.avi", np.ones((4, 6), np.float32), source_attrs(1))
+    with h5py.File(store.path, "a") as f:  # written by other means: 7 frames in a store of 4
+        f["features"].create_dataset("b.avi", data=np.ones((7, 6), np.float32))
+    with pytest.raises(StoreError, match=r"b.avi: features of shape \(7, 6\), not the store's \(4, 6\)"):
+        store.read_many(["a.avi", "b.avi"])

@@ -49,7 +49,8 @@ class Preprocess:
 
     def frame_geometry(self, frame: np.ndarray) -> np.ndarray:
         """`geometry` of one decoded frame: (H, W, 3) uint8 -> (crop, crop, 3) uint8."""
-        return self.geometry(torch.from_numpy(frame).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+        cropped = self.geometry(torch.from_numpy(frame).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+        return np.ascontiguousarray(cropped)  # a copy of the crop alone, not a view holding the whole resize
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         # (..., 3, crop, crop) uint8 -> float32 scaled to [0, 1] and normalised
