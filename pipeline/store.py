@@ -134,6 +134,11 @@ def _entries(group: h5py.Group) -> dict[str, str]:
     return {normal_id(key): key for key in group}
 
 
+def _entry_of(group: h5py.Group, video_id: str) -> str | None:
+    """The name of `video_id`'s entry: the id composed, or an older store's decomposed spelling; None if neither."""
+    return next((key for key in (normal_id(video_id), decomposed_id(video_id)) if key in group), None)
+
+
 def _delete_entry(group: h5py.Group, video_id: str) -> None:
     """Delete the entry of `video_id` (NFC), and its decomposed twin an older store may hold."""
     for key in {video_id, decomposed_id(video_id)}:
@@ -303,12 +308,11 @@ class FeatureStore:
         problems = []
         with _inside(self.path, "r") as f:
             group = f["features"]
-            keys = _entries(group)
-            missing = [v for v in video_ids if normal_id(v) not in keys]
+            keys = [_entry_of(group, vid) for vid in video_ids]  # looked up, not listed: a batch of 64 from
+            missing = [v for v, key in zip(video_ids, keys) if key is None]  # 10,000 entries stays milliseconds
             if missing:
                 raise StoreError(f"{self.path} has no features for {len(missing)} ids, e.g. {missing[:3]}")
-            for row, vid in zip(features, video_ids):  # row: (F, D)
-                key = keys[normal_id(vid)]
+            for row, vid, key in zip(features, video_ids, keys):  # row: (F, D)
                 dataset = h5py.h5d.open(group.id, key.encode())
                 if dataset.shape != row.shape:  # a store written by other means: the read would not fit the row
                     problems.append(f"{vid}: features of shape {dataset.shape}, not the store's {row.shape}")
