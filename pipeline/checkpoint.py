@@ -55,8 +55,10 @@ class Progress:
 def save_checkpoint(path: Path, checkpoint: dict) -> None:
     """`checkpoint` into `path`, atomically; a failed write is an `OutputError` saying why (a full disk)."""
     def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:  # a Python file: a failed write raises OSError with its errno, where torch's
-            torch.save(checkpoint, f)  # own writer (given a path) says only "unexpected pos" or "iostream error"
+        # Into a Python file: its failed write's OSError, with its errno, is raised or is what torch's RuntimeError
+        # is raised over (`atomic_write` finds it); given a path, torch says only "unexpected pos" or "iostream error"
+        with tmp.open("wb") as f:
+            torch.save(checkpoint, f)
 
     atomic_write(path, write)
 

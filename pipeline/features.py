@@ -42,13 +42,13 @@ from .backbones import Backbone, get_spec, load_backbone
 from .config import ExtractConfig, parse_config, print_config
 from .devices import resolve_device
 from .errors import ConfigError, PipelineError, run_command
-from .files import ensure_writable_folder, write_json
+from .files import ensure_writable_folder, not_a_file, write_json
 from .encoding import encode_frames, frames_per_forward, non_finite, prepare_clip, read_for
 from .precision import resolve_precision, runnable
 from .shards import merge_ranks, open_stores
 from .store import FeatureStore, StoreSettings, writer_lock
 from .ids import video_id
-from .video import GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, not_a_file, nvdec_available, resolve_decoder
+from .video import GPU_DECODER, VIDEO_EXTENSIONS, Clip, VideoError, nvdec_available, resolve_decoder
 
 # Devices whose forward passes take the frames of several clips at once while the previous pass's features are
 # copied out and written: a GPU would otherwise idle between one clip and the next. On a CPU the rate does not

@@ -7,6 +7,8 @@ killed mid-write leaves the previous version. A write that fails (a full disk, a
 I/O error) is an `OutputError` naming the file and the reason, the previous version
 kept. `writer_lock` holds an output (a feature store, a run folder) for one run: a
 lock file holding the writer's process id, on which a second writer is refused.
+What makes an input path unreadable is said here too, for clips and label files alike:
+`not_a_file` (from its directory entry alone) and `PERMISSION_DENIED`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,24 @@ from .errors import ConfigError, PipelineError
 
 class OutputError(PipelineError):
     """An output file that could not be written; the message names it and the reason."""
+
+
+# Why a file this user may not read cannot be used, and what to do (clips and label files alike).
+PERMISSION_DENIED = ("permission denied: this user may not read the file (or its folder); give it read permission "
+                     "(chmod a+r) or run as a user who may read it")
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why `path` cannot be read as a clip or a label file, told from its directory entry alone (a FIFO is
+    never opened), or None for a regular file: no such file, a broken symbolic link, a folder, or not a regular
+    file (a FIFO, a socket, a device)."""
+    if path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"a broken symbolic link (to {os.readlink(path)})"
+    if not path.exists():
+        return "no such file"
+    return "a folder" if path.is_dir() else "not a regular file"
 
 
 def _unwritable(path: str | Path, exc: OSError) -> str:

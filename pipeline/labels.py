@@ -32,7 +32,8 @@ from typing import Iterator
 
 from .errors import PipelineError
 from .ids import normal_id
-from .video import VIDEO_EXTENSIONS, not_a_file
+from .files import PERMISSION_DENIED, not_a_file
+from .video import VIDEO_EXTENSIONS
 from .vocab import tokenize
 
 MSVD_MAPPING = "youtube_video_to_id_mapping.txt"
@@ -53,8 +54,7 @@ def read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except PermissionError:
-        raise CaptionError(f"{path}: permission denied: this user may not read it; give it read permission "
-                           f"(chmod a+r) or run as a user who may read it") from None
+        raise CaptionError(f"{path}: {PERMISSION_DENIED}") from None
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
         return data[bom:].decode("utf-8")
@@ -218,9 +218,16 @@ def load_msr_vdc_csv(path: Path) -> dict[str, list[str]]:
     return captions
 
 
+MSVD_SPLIT_LINE = re.compile(r"vid\d+\t")  # how every line of an MSVD standard split file starts
+
+
 def _is_msvd_split(path: Path) -> bool:
-    """Whether `path` is an MSVD standard split file (`vidN<TAB>caption` lines)."""
-    return path.is_file() and re.match(r"vid\d+\t", read_text(path).lstrip()[:200]) is not None
+    """Whether `path` is an MSVD standard split file (`vidN<TAB>caption` lines), told from its first bytes."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        head = f.read(256).decode("utf-8", errors="ignore").lstrip("\ufeff").lstrip()
+    return MSVD_SPLIT_LINE.match(head) is not None
 
 
 def msvd_split_file(path: Path, split: str) -> Path:
@@ -279,7 +286,7 @@ def load_captions(path: str | Path, split: str = "") -> dict[str, list[str]]:
         _one_split(path, split)
         if first.startswith("VideoID,"):
             captions = load_msr_vdc_csv(path)
-        elif _is_msvd_split(path):
+        elif MSVD_SPLIT_LINE.match(first):
             captions = load_msvd_split(path)
         elif _split_id_caption(first.splitlines()[0] if first else "") is None:
             raise CaptionError(f"{path}: not a label format read here (it starts {first[:60]!r}); the formats are "

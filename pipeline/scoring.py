@@ -22,7 +22,7 @@ from .vocab import tokenize
 from .errors import PipelineError
 from .metrics import METRIC_KEYS, score_caption_sets, score_captions
 from .ids import normal_id
-from .video import not_a_file
+from .files import not_a_file
 
 
 class PredictionError(PipelineError):

@@ -27,7 +27,6 @@ alone: opening a FIFO would block).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import PipelineError
+from .files import PERMISSION_DENIED, not_a_file
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov")
 CPU_DECODERS = ("pyav", "opencv", "decord")
@@ -82,19 +82,6 @@ class Clip:
     def missing_frames(self) -> int:
         """Frames the container claims that do not decode (a truncated or damaged file)."""
         return max(self.claimed_frames - self.n_frames, 0)
-
-
-def not_a_file(path: Path) -> str | None:
-    """Why `path` cannot be read as a clip, told from its directory entry alone (a FIFO is never opened), or
-    None for a regular file: no such file, a broken symbolic link, a folder, or not a regular file (a FIFO, a
-    socket, a device)."""
-    if path.is_file():
-        return None
-    if path.is_symlink() and not path.exists():
-        return f"a broken symbolic link (to {os.readlink(path)})"
-    if not path.exists():
-        return "no such file"
-    return "a folder" if path.is_dir() else "not a regular file"
 
 
 def sample_indices(n_total: int, n: int = 80) -> np.ndarray:
@@ -331,8 +318,7 @@ def _open(path: Path, decoder: str, gpu: int | None):
         if reason is None:  # the decoders would call a file they may not read no video at all
             open(path, "rb").close()
     except PermissionError:
-        reason = ("permission denied: this user may not read the file (or its folder); give it read permission "
-                  "(chmod a+r) or run as a user who may read it")
+        reason = PERMISSION_DENIED
     if reason:
         raise VideoError(path, reason)
     if path.stat().st_size == 0:
