@@ -67,6 +67,9 @@ test-fast: setup ## run every module's unit tests, leaving out the slow ones (ma
 	$(PY) -m pytest -q -m "not slow"
 
 features: setup ## extract CNN features of every new or changed clip in RAW into FEATURES
+	$(if $(word 2,$(FEATURES)),$(error FEATURES="$(FEATURES)" names several stores, and make features writes one \
+		at a time: run it once per stream with its BACKBONE, e.g. make features BACKBONE=r2plus1d_18 \
+		FEATURES=$(word 2,$(FEATURES))))
 	$(LAUNCH) extract_features.py --raw $(RAW) --features $(FEATURES) --backbone $(BACKBONE) \
 		--frames $(FRAMES) --weights $(WEIGHTS) --device $(DEVICE) --decoder $(DECODER) \
 		--precision $(PRECISION) $(if $(BATCH),--batch $(BATCH))

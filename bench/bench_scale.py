@@ -56,6 +56,7 @@ from pipeline.model import S2VT, S2VTConfig  # noqa: E402
 from pipeline.precision import resolve_precision  # noqa: E402
 from pipeline.scoring import scores_with_baseline  # noqa: E402
 from pipeline.store import FeatureStore, package_versions  # noqa: E402
+from pipeline.streams import FeatureStreams  # noqa: E402
 from pipeline.train_step import TrainStep  # noqa: E402
 from pipeline.training import train_one_epoch  # noqa: E402
 from pipeline.vocab import Vocab  # noqa: E402
@@ -158,7 +159,7 @@ def _epochs(store: FeatureStore, captions: dict[str, list[str]], videos: int, de
     cfg = TrainConfig(batch_size=BATCH, hidden=HIDDEN, embed=HIDDEN, max_len=MAX_LEN)
 
     def case(held_on: torch.device | None):
-        data = build_set(ids, captions, store, vocab, MAX_LEN, held_on)
+        data = build_set(ids, captions, FeatureStreams(store.path), vocab, MAX_LEN, held_on)
 
         def epoch() -> float:
             torch.manual_seed(0)

@@ -7,8 +7,9 @@ Reads nothing of the repository's data; writes only in a temporary folder, and p
 
 - **features**: `extract()` of `clips` generated clips shaped like MSR-VTT's (H.264 mp4 with B-frames,
   320 x 240, 15 s at 30 fps: its typical size and length) at 80 frames a clip, for each backbone; the seconds
-  a clip, setup excluded, times 10,000 clips, plus the setup. VGG16 runs with random weights, as in
-  `bench_extract` (the arithmetic is the same).
+  a clip, setup excluded, times 10,000 clips, plus the setup. Every backbone but EfficientNet-Lite0 (whose
+  weights install with the project) runs with random weights, as in `bench_extract` (the arithmetic is the
+  same): `--backbones clip_vitb32 r2plus1d_18` costs the two streams of docs/benchmarks.md's CLIP run.
 - **epoch**: `steps` training steps of the default model (hidden 512, fp32 on a CPU, scheduled sampling on)
   on VGG16-shaped features (80 x 4096), batch 64, MSR-VTT's training vocabulary (10,505 words seen 3 times
   or more), times the 102 steps of an epoch over its 6,513 training videos (one caption each per epoch).
@@ -78,7 +79,7 @@ def features_cost(work: Path, clips: int, backbone: str, device: torch.device) -
         for i in range(clips):
             write_msrvtt_clip(raw / f"video{i}.mp4", i)
     summary = extract(ExtractConfig(raw=str(raw), features=str(work / f"{backbone}.h5"), backbone=backbone,
-                                    weights=WEIGHTS[backbone], frames=FRAMES, device=str(device)))
+                                    weights=WEIGHTS.get(backbone, "random"), frames=FRAMES, device=str(device)))
     per_clip = (summary.seconds - summary.setup_seconds) / len(summary.done)
     return {"s_per_clip": per_clip, "setup_s": summary.setup_seconds, "precision": summary.precision,
             "total_s": summary.setup_seconds + per_clip * CLIPS}

@@ -3,9 +3,11 @@
 Reads the given video files and a checkpoint (`RUN/best.pt`); writes nothing, and
 prints one `video_id,caption` line per video. The sampler, frame count, backbone,
 weights and preprocessing are the ones the run was trained on, read from the
-checkpoint; a clip that cannot be read, or whose features are not finite, is
-reported and the others are captioned. Two files giving the same video id (their
-file name, composed as `ids.video_id` composes it) are refused before any work.
+checkpoint; a run trained on several feature streams has each stream extracted
+from the file by its own backbone, side by side as training read them. A clip
+that cannot be read, or whose features are not finite, is reported and the others
+are captioned. Two files giving the same video id (their file name, composed as
+`ids.video_id` composes it) are refused before any work.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .backbones import Backbone, WeightsError, load_backbone
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .backbones import Backbone, WeightsError, file_identity, load_backbone
+from .checkpoint import load_checkpoint, model_from_checkpoint, trained_streams
 from .config import CaptionConfig, DecodeConfig, parse_config
 from .decoding import caption_features
 from .devices import resolve_device
@@ -30,25 +33,45 @@ from .ids import video_id
 from .video import VideoError
 
 
-def backbone_of(checkpoint: dict, weights_file: str) -> Backbone:
-    """The feature extractor the run was trained on, with the very same weights."""
-    settings = checkpoint["feature_settings"]
-    identity = settings["weights"]
+def backbone_of(settings: StoreSettings, weights_files: dict[str, str]) -> Backbone:
+    """The feature extractor a stream of the run was made with, with the very same weights (a file's found
+    among `weights_files`, `{identity: path}`)."""
+    identity = settings.weights
     if identity.startswith("file:"):
-        if not weights_file:
-            raise WeightsError(f"the run's features were made with the weights file {identity.split(':')[1]}; "
-                               f"pass it with --weights PATH")
-        weights = weights_file
+        if identity not in weights_files:
+            raise WeightsError(f"the run's {settings.backbone} features were made with the weights file "
+                               f"{identity.split(':')[1]} ({identity.split(':')[2]}); pass it with --weights PATH"
+                               + (" (none of the files given is it)" if weights_files else ""))
+        weights = weights_files[identity]
     else:
         weights = "random" if identity.startswith("random") else "imagenet"
-    backbone = load_backbone(settings["backbone"], weights)
-    problems = [name for name, ours in (("weights", backbone.weights), ("layer", backbone.spec.layer),
-                ("preprocessing", json.dumps(backbone.spec.preprocess.to_dict(), sort_keys=True)))
-                if ours != settings[name]]
+    backbone = load_backbone(settings.backbone, weights)
+    problems = [name for name, ours, theirs in (
+        ("weights", backbone.weights, settings.weights), ("layer", backbone.spec.layer, settings.layer),
+        ("preprocessing", json.dumps(backbone.spec.preprocess.to_dict(), sort_keys=True), settings.preprocessing))
+        if ours != theirs]
     if problems:
-        raise WeightsError(f"this installation's {settings['backbone']} differs from the run's in "
+        raise WeightsError(f"this installation's {settings.backbone} differs from the run's in "
                            f"{', '.join(problems)}: its features would not be comparable")
     return backbone
+
+
+def stream_backbones(checkpoint: dict, weights_files: tuple[str, ...], device: torch.device) -> list[Backbone]:
+    """One backbone per feature stream the run was trained on, in order, placed on `device` at the precision
+    its features were made with."""
+    given = {file_identity(Path(path)): path for path in weights_files}
+    return [backbone_of(settings, given).place(device, runnable(settings.precision, device))
+            for settings in trained_streams(checkpoint)]
+
+
+def clip_features(backbones: list[Backbone], streams: list[StoreSettings], path: Path) -> np.ndarray:
+    """Features `(F, D_1 + D_2 + ...)` of the clip at `path`: each stream's extracted as `make features`
+    extracts it (its frames or windows, its network, its stored dtype), side by side."""
+    parts = []
+    for backbone, settings in zip(backbones, streams):
+        clip = read_for(backbone, path, settings.frames)
+        parts.append(encode_clip(backbone, clip).astype(settings.dtype))  # (F, D_i), rounded as stored
+    return np.concatenate(parts, axis=-1)
 
 
 def caption_files(cfg: CaptionConfig) -> tuple[dict[str, str], dict[str, str]]:
@@ -65,24 +88,22 @@ def caption_files(cfg: CaptionConfig) -> tuple[dict[str, str], dict[str, str]]:
     decode = DecodeConfig(beam=cfg.beam)
     checkpoint = load_checkpoint(Path(cfg.run_dir) / cfg.checkpoint)
     model, vocab = model_from_checkpoint(checkpoint)
-    trained_on = StoreSettings(**checkpoint["feature_settings"])  # older checkpoints: fp32 features
     target = resolve_device(cfg.device)
-    backbone = backbone_of(checkpoint, cfg.weights).place(target, runnable(trained_on.precision, target))
+    backbones = stream_backbones(checkpoint, cfg.weights, target)
     model.to(target)
-    frames = trained_on.frames
     captions, failures = {}, {}
     for path in paths:
         try:
-            clip = read_for(backbone, path, frames)
+            features = clip_features(backbones, trained_streams(checkpoint), path)  # (F, D)
         except VideoError as exc:
             failures[str(path)] = exc.cause
             continue
-        features = encode_clip(backbone, clip)  # (F, D)
         problem = non_finite(features)
         if problem:
             failures[str(path)] = problem
             continue
-        captions[video_id(path)] = caption_features(model, vocab, torch.from_numpy(features)[None], target, decode)[0]
+        features = torch.from_numpy(features.astype(np.float32))[None]  # (1, F, D)
+        captions[video_id(path)] = caption_features(model, vocab, features, target, decode)[0]
     return captions, failures
 
 

@@ -2,8 +2,9 @@
 holding anything else, pickled code included, is refused unloaded).
 
 Reads and writes `RUN/{last,best}.pt`, atomically. A checkpoint holds `model`
-(state dict), `model_config`, `vocab`, `feature_settings` (the store it was trained
-on), `optimizer`, `scheduler`, `train_config`, `epoch` (epochs done), `best_score`,
+(state dict), `model_config`, `vocab`, `feature_settings` (the settings of each store
+it was trained on, one per feature stream, in order; a checkpoint made before streams holds
+one store's settings alone), `optimizer`, `scheduler`, `train_config`, `epoch` (epochs done), `best_score`,
 `history` (the metrics rows), `rng` (the random state, one per process under
 torchrun) and `layout` (how the model's weights are laid out); it alone is enough
 to caption new videos. Here it is built, checked against a run's settings, and
@@ -28,7 +29,8 @@ from .config import TrainConfig
 from .errors import PipelineError
 from .files import atomic_write
 from .model import S2VT, S2VTConfig
-from .store import FeatureStore, StoreSettings
+from .store import StoreSettings
+from .streams import FeatureStreams
 
 # Store settings that must match between a checkpoint and the features it is given.
 FEATURE_KEYS = ("backbone", "layer", "feature_dim", "frames", "weights", "preprocessing")
@@ -109,10 +111,36 @@ def model_from_checkpoint(checkpoint: dict) -> tuple[S2VT, Vocab]:
     return model.eval(), Vocab.from_dict(checkpoint["vocab"])
 
 
-def feature_problems(checkpoint: dict, store: FeatureStore) -> list[str]:
-    """How `store`'s features differ from those the checkpoint was trained on."""
-    trained_on = StoreSettings(**checkpoint["feature_settings"])
-    return [f"features {line}" for line in trained_on.differences(store.settings, only=FEATURE_KEYS)]
+def trained_streams(checkpoint: dict) -> list[StoreSettings]:
+    """The settings of each feature stream the checkpoint was trained on, in order (older checkpoints: one,
+    and fp32 features)."""
+    recorded = checkpoint["feature_settings"]
+    return [StoreSettings(**settings) for settings in (recorded if isinstance(recorded, list) else [recorded])]
+
+
+def feature_problems(checkpoint: dict, store: FeatureStreams) -> list[str]:
+    """How the features of `store` (its streams, in order) differ from those the checkpoint was trained on."""
+    trained, given = trained_streams(checkpoint), store.settings
+    if len(trained) != len(given):
+        return [f"features: the run was trained on {_backbones(trained)}, FEATURES names {_backbones(given)}: "
+                f"give the stores of the run's {len(trained)} stream{'s' if len(trained) > 1 else ''}, in order"]
+    if len(trained) == 1:
+        return [f"features {line}" for line in trained[0].differences(given[0], only=FEATURE_KEYS)]
+    problems = [f"features of stream {i} ({path}) {line}" for i, (ours, theirs, path) in
+                enumerate(zip(trained, given, (s.path for s in store.stores)), 1)
+                for line in ours.differences(theirs, only=FEATURE_KEYS)]
+    if problems and sorted(map(_identity, trained)) == sorted(map(_identity, given)):
+        problems.append(f"FEATURES names the run's stores in another order: give them as the run was trained, "
+                        f"{_backbones(trained)}")
+    return problems
+
+
+def _identity(settings: StoreSettings) -> tuple:
+    return tuple(getattr(settings, key) for key in FEATURE_KEYS)
+
+
+def _backbones(streams: list[StoreSettings]) -> str:
+    return " + ".join(s.backbone for s in streams)
 
 
 def _default(field: str):
@@ -120,7 +148,7 @@ def _default(field: str):
     return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == field)
 
 
-def check_resumable(checkpoint: dict, cfg: TrainConfig, vocab: Vocab, store: FeatureStore, path: Path) -> None:
+def check_resumable(checkpoint: dict, cfg: TrainConfig, vocab: Vocab, store: FeatureStreams, path: Path) -> None:
     """Refuse a checkpoint made for other features, another vocabulary or another model shape."""
     made_with = {f: checkpoint["train_config"].get(f, _default(f)) for f in FIXED_FIELDS}  # older runs lack some
     problems = [f"{f}: checkpoint has {made_with[f]!r}, asked for {getattr(cfg, f)!r}"
@@ -161,12 +189,13 @@ def set_rng_state(state: dict | list, world: distributed.World, seed: int) -> No
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def build_checkpoint(model: S2VT, optimizer, scheduler, cfg: TrainConfig, vocab: Vocab, settings: StoreSettings,
-                     progress: Progress, world: distributed.World) -> dict:
-    """The checkpoint after `progress.epoch` epochs; every rank's RNG state is gathered into it."""
+def build_checkpoint(model: S2VT, optimizer, scheduler, cfg: TrainConfig, vocab: Vocab,
+                     settings: list[StoreSettings], progress: Progress, world: distributed.World) -> dict:
+    """The checkpoint after `progress.epoch` epochs, trained on the feature streams of `settings`; every rank's
+    RNG state is gathered into it."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "train_config": asdict(cfg), "model_config": asdict(model.cfg), "vocab": vocab.to_dict(),
-            "feature_settings": asdict(settings), "epoch": progress.epoch, "best_score": progress.best,
+            "feature_settings": [asdict(s) for s in settings], "epoch": progress.epoch, "best_score": progress.best,
             "history": progress.history, "layout": LAYOUT,
             "rng": distributed.gather(rng_state(), world) if world.distributed else rng_state()}
 

@@ -71,33 +71,45 @@ def _problem(f: dataclasses.Field, value: Any) -> str | None:
 
 
 class Checked:
-    """Base of the stage configs: every field is checked against its allowed values when made."""
+    """Base of the stage configs: every field is checked against its allowed values when made. A field of
+    several values (a `tuple`) also takes one value, a string, or a list from Python."""
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if _kind(f).startswith("tuple") and not isinstance(value, tuple):
+                setattr(self, f.name, (value,) if isinstance(value, str) else tuple(value))
             problem = _problem(f, getattr(self, f.name))
             if problem:
                 make = f" (make: {f.metadata['make']})" if f.metadata.get("make") else ""
                 raise ConfigError(f"--{f.name.replace('_', '-')}{make} {problem}, not {getattr(self, f.name)!r}")
 
 
+def _kind(f: dataclasses.Field) -> str:
+    """The field's type as written: "int", "str", "list[str]", "tuple[str, ...]"."""
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
 def _add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One argument per field of dataclass `cls`: a positional one, or a `--name` option with its default
-    (an empty one is not shown) and its `make` variable in its help."""
+    (an empty one is not shown) and its `make` variable in its help; a `tuple` field's option takes one or
+    more values."""
     for f in dataclasses.fields(cls):
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        kind = _kind(f)
         if f.metadata.get("positional"):
             parser.add_argument(f.name, nargs="+" if kind.startswith("list") else None, help=f.metadata["help"])
             continue
         flag = "--" + f.name.replace("_", "-")
-        notes = ([f"default: {f.default}"] if f.default != "" else []) + \
+        shown = " ".join(f.default) if isinstance(f.default, tuple) else f.default
+        notes = ([f"default: {shown}"] if shown != "" else []) + \
             ([f"make: {f.metadata['make']}"] if f.metadata.get("make") else [])
         help_text = f.metadata["help"] + (f" ({'; '.join(notes)})" if notes else "")
         if kind == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
             parser.add_argument(flag, type={"int": int, "float": float}.get(kind, str), default=f.default,
-                                help=help_text, choices=f.metadata.get("choices") or None)
+                                help=help_text, choices=f.metadata.get("choices") or None,
+                                nargs="+" if kind.startswith("tuple") else None)
 
 
 def parse_configs(description: str, argv: list[str] | None, *classes: type) -> list:
@@ -122,7 +134,7 @@ def print_config(name: str, cfg: Any) -> None:
     """The config a stage runs with, one field a line, before it starts."""
     print(f"{name} config:")
     for key, value in dataclasses.asdict(cfg).items():
-        print(f"  {key:>16} = {value}")
+        print(f"  {key:>16} = {' '.join(value) if isinstance(value, tuple) else value}")
 
 
 @dataclass
@@ -153,7 +165,9 @@ class ExtractConfig(Checked):
 
 @dataclass
 class TrainConfig(Checked):
-    features: str = opt(DEFAULT_FEATURES, "feature store made by `make features`", make="FEATURES")
+    features: tuple[str, ...] = opt((DEFAULT_FEATURES,), "feature store made by `make features`, or several stores "
+                                    "of the same clips (streams: each frame's features side by side)",
+                                    make="FEATURES")
     labels: str = opt("data/training_label.json", "training captions: MLDS, MSR-VTT or VATEX JSON, a "
                                                   "video_id,caption or MSR-VDC CSV, or the MSVD standard split",
                       make="LABELS")
@@ -214,7 +228,7 @@ class DecodeConfig(Checked):
 class EvalConfig(Checked):
     run_dir: str = opt(DEFAULT_RUN, "run folder with the checkpoint; captions and scores are written there",
                        make="RUN")
-    features: str = opt(DEFAULT_FEATURES, "feature store holding the videos to caption", make="FEATURES")
+    features: tuple[str, ...] = option_of(TrainConfig, "features")
     references: str = opt("data/testing_label.json", "test captions to score against", make="TEST_LABELS")
     references_split: str = opt("", "the split of TEST_LABELS to score on where it holds several (MSR-VTT, MSVD "
                                     "standard: test)", make="TEST_SPLIT")
@@ -266,7 +280,8 @@ class CaptionConfig(Checked):
     checkpoint: str = option_of(EvalConfig, "checkpoint")
     beam: int = option_of(DecodeConfig, "beam")
     device: str = option_of(ExtractConfig, "device")
-    weights: str = opt("", "the weights file the run's features were made with, if it was a file")
+    weights: tuple[str, ...] = opt((), "the weights file(s) the run's features were made with, where a stream's "
+                                       "were a file (each is matched to its stream by its content)")
 
 
 @dataclass

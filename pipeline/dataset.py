@@ -1,20 +1,19 @@
 """Pairs stored frame features with tokenised captions, epoch by epoch, batch by batch.
 
-Reads the feature store and `{video_id: [caption]}`; writes nothing. The features
-of a split are held in memory as one `(N, F, D)` tensor when they fit the memory
-budget (on a GPU, in its memory when half of what is free holds them), so a batch
-is an index into it; a larger set is read from the HDF5 store a batch at a time
-(after one pass reading it all, so that a video the store refuses stops the run
-before training, as it does when the set is loaded whole). Either way the next
-batch is gathered in a thread while the model works on this one. Which captions
-an epoch uses is a pure function of `(seed, epoch)`, so a resumed run draws
-exactly what an uninterrupted one would.
+Reads the feature streams (one store, or several side by side: `streams`) and
+`{video_id: [caption]}`; writes nothing. The features of a split are held in memory
+as one `(N, F, D)` tensor when they fit the memory budget (on a GPU, in its memory
+when half of what is free holds them), so a batch is an index into it; a larger set
+is read from the HDF5 stores a batch at a time (after one pass reading it all, so
+that a video a store refuses stops the run before training, as it does when the set
+is loaded whole). Either way the next batch is gathered in a thread while the model
+works on this one. Which captions an epoch uses is a pure function of `(seed, epoch)`,
+so a resumed run draws exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,17 +24,17 @@ import torch
 
 from .labels import CaptionError
 from .vocab import Vocab
-from .store import FeatureStore
+from .streams import FeatureStreams
 
 CHECK_CHUNK = 64  # videos read at a time checking a split left in the store
 
 
 class StoredFeatures:
-    """A split's features left in the store: `features[rows]` reads those videos `(len(rows), F, D)`."""
+    """A split's features left in the stores: `features[rows]` reads those videos `(len(rows), F, D)`."""
 
-    def __init__(self, store: FeatureStore, ids: list[str]):
+    def __init__(self, store: FeatureStreams, ids: list[str]):
         self.store, self.ids = store, ids
-        self.shape = (len(ids), store.settings.frames, store.feature_dim)
+        self.shape = (len(ids), store.frames, store.feature_dim)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -74,18 +73,12 @@ def encode_captions(captions: list[str], vocab: Vocab, max_len: int) -> torch.Te
     return torch.tensor(rows, dtype=torch.long).reshape(len(captions), max_len + 2)
 
 
-def usable_ids(captions: dict[str, list[str]], store: FeatureStore, labels_name: str) -> list[str]:
-    """Labelled ids that have features; the others are reported, never silently dropped."""
-    stored = set(store.ids())
-    missing = sorted(set(captions) - stored)
-    if missing:
-        warnings.warn(f"{len(missing)} of {len(captions)} videos in {labels_name} have no features in "
-                      f"{store.path} (first: {', '.join(missing[:5])}); they are left out. Put their clips "
-                      f"in RAW and run `make features` to include them.", stacklevel=2)
-    kept = sorted(set(captions) & stored)
+def usable_ids(captions: dict[str, list[str]], store: FeatureStreams, labels_name: str) -> list[str]:
+    """Labelled ids that have features in every stream; the others are reported, never silently dropped."""
+    kept = store.usable(captions, labels_name)
     if not kept:
-        raise CaptionError(f"no video of {labels_name} has features in {store.path}: are LABELS and FEATURES "
-                         f"for the same clips? (a label id is the clip's file name, e.g. {next(iter(captions))})")
+        raise CaptionError(f"no video of {labels_name} has features in {store.name}: are LABELS and FEATURES "
+                           f"for the same clips? (a label id is the clip's file name, e.g. {next(iter(captions))})")
     return kept
 
 
@@ -99,22 +92,22 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
-def features_fit(store: FeatureStore, n_videos: int, budget_gb: float, processes_per_node: int = 1,
+def features_fit(store: FeatureStreams, n_videos: int, budget_gb: float, processes_per_node: int = 1,
                  device: torch.device = torch.device("cpu")) -> tuple[torch.device | None, str]:
     """Where `n_videos` of the store's features are held: on `device` when it is a GPU with room for them
     (half its free memory), in RAM when they fit `budget_gb` GB (0 = half the available memory, shared by
     the node's processes), else None (read from the store); and a sentence saying which."""
-    need = n_videos * store.settings.frames * store.feature_dim * 4  # float32 in memory
+    need = n_videos * store.frames * store.feature_dim * 4  # float32 in memory
     if device.type == "cuda" and budget_gb <= 0 and need <= torch.cuda.mem_get_info(device)[0] / 2:
         return device, f"in GPU memory ({need / 1e9:.2f} GB)"
     budget = budget_gb * 1e9 if budget_gb > 0 else available_memory() / 2 / processes_per_node
     if need <= budget:
         return torch.device("cpu"), f"in memory ({need / 1e9:.2f} GB)"
-    return None, (f"read from {store.path} batch by batch (they need {need / 1e9:.1f} GB, the budget is "
+    return None, (f"read from {store.name} batch by batch (they need {need / 1e9:.1f} GB, the budget is "
                   f"{budget / 1e9:.1f} GB; --feature-memory GB sets it)")
 
 
-def build_set(ids: list[str], captions: dict[str, list[str]], store: FeatureStore, vocab: Vocab,
+def build_set(ids: list[str], captions: dict[str, list[str]], store: FeatureStreams, vocab: Vocab,
               max_len: int, held_on: torch.device | None = torch.device("cpu")) -> CaptionSet:
     """The split `ids`: features held on `held_on` (None: left in the store), captions as token rows."""
     texts = [c for vid in ids for c in captions[vid]]

@@ -1,11 +1,11 @@
 """Evaluates a trained run: its checkpoint captions stored features, which are scored, then reported.
 
-Reads `RUN/best.pt`, the feature store and the test labels; writes
+Reads `RUN/best.pt`, the feature store (or the run's several streams) and the test labels; writes
 `RUN/captions.txt` (one `video_id,caption` line per video, the seed's format),
 `RUN/scores.json` (the metrics, with the constant-caption baseline under
 `baseline`), `RUN/eval_config.json` and `RUN/report.html`. `caption_all` (`--all`,
 `make captions`) writes `RUN/captions_all.txt` for every video in the store
-instead. Scoring a captions file on its own is `scoring`'s job; `evaluate.py
+instead (the videos every stream holds). Scoring a captions file on its own is `scoring`'s job; `evaluate.py
 --predictions` calls it.
 """
 
@@ -27,13 +27,13 @@ from .files import atomic_write, ensure_writable_folder, write_json
 from .metrics import bleu1_per_video
 from .report import write_report
 from .scoring import format_scores, score_file, scores_with_baseline, warn_empty_captions
-from .store import FeatureStore
+from .streams import FeatureStreams
 
 if TYPE_CHECKING:
     from .model import S2VT
 
 
-def caption_videos(model: S2VT, vocab: Vocab, store: FeatureStore, ids: list[str], cfg: EvalConfig) -> dict[str, str]:
+def caption_videos(model: S2VT, vocab: Vocab, store: FeatureStreams, ids: list[str], cfg: EvalConfig) -> dict[str, str]:
     """`{video_id: caption}` for the stored videos `ids`, read and decoded `cfg.batch` at a time, with a
     progress bar."""
     device = resolve_device(cfg.device)
@@ -42,12 +42,12 @@ def caption_videos(model: S2VT, vocab: Vocab, store: FeatureStore, ids: list[str
     return dict(zip(ids, captions))
 
 
-def load_run(cfg: EvalConfig) -> tuple[dict, S2VT, Vocab, FeatureStore]:
+def load_run(cfg: EvalConfig) -> tuple[dict, S2VT, Vocab, FeatureStreams]:
     checkpoint = load_checkpoint(Path(cfg.run_dir) / cfg.checkpoint)
-    store = FeatureStore(cfg.features)
+    store = FeatureStreams(cfg.features)
     problems = feature_problems(checkpoint, store)
     if problems:
-        raise CheckpointError(f"{Path(cfg.run_dir) / cfg.checkpoint} does not fit {cfg.features}:\n  " +
+        raise CheckpointError(f"{Path(cfg.run_dir) / cfg.checkpoint} does not fit {store.name}:\n  " +
                               "\n  ".join(problems))
     model, vocab = model_from_checkpoint(checkpoint)
     return checkpoint, model, vocab, store
@@ -81,7 +81,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
 
 
 def caption_all(cfg: EvalConfig) -> Path:
-    """Caption every video in the store into RUN/captions_all.txt."""
+    """Caption every video in the store (every stream) into RUN/captions_all.txt."""
     _, model, vocab, store = load_run(cfg)
     ensure_writable_folder(cfg.run_dir, "RUN")
     captions = caption_videos(model, vocab, store, store.ids(), cfg)

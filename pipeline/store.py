@@ -282,17 +282,34 @@ class FeatureStore:
         entries the high-level way took 3 s, this 0.5 s."""
         size, mtime = np.zeros((), np.int64), np.zeros((), np.int64)
         stamps: dict[str, tuple[int, int] | None] = {}
+        for vid, entry in self._each_entry():
+            if not all(h5py.h5a.exists(entry, key.encode()) for key in SOURCE_KEYS):
+                stamps[vid] = None
+                continue
+            h5py.h5a.open(entry, b"source_size").read(size)
+            h5py.h5a.open(entry, b"source_mtime_ns").read(mtime)
+            stamps[vid] = (int(size), int(mtime))
+        return stamps
+
+    def sampled(self) -> dict[str, np.ndarray | None]:
+        """Per video id, the indices of the decoded frames its features were sampled at `(F,)`, or None where
+        they were not recorded; read as `stamps` reads (MSR-VTT's 10,000 entries in well under a second)."""
+        sampled: dict[str, np.ndarray | None] = {}
+        for vid, entry in self._each_entry():
+            if not h5py.h5a.exists(entry, b"indices"):
+                sampled[vid] = None
+                continue
+            attribute = h5py.h5a.open(entry, b"indices")
+            sampled[vid] = np.empty(attribute.shape, attribute.dtype)
+            attribute.read(sampled[vid])
+        return sampled
+
+    def _each_entry(self) -> Iterator[tuple[str, h5py.h5o.ObjectID]]:
+        """Per video id, its entry opened through h5py's low-level API, for reading a few attributes fast."""
         with _inside(self.path, "r") as f:
             group = f["features"]
             for vid, key in _entries(group).items():
-                entry = h5py.h5o.open(group.id, key.encode())
-                if not all(h5py.h5a.exists(entry, key.encode()) for key in SOURCE_KEYS):
-                    stamps[vid] = None
-                    continue
-                h5py.h5a.open(entry, b"source_size").read(size)
-                h5py.h5a.open(entry, b"source_mtime_ns").read(mtime)
-                stamps[vid] = (int(size), int(mtime))
-        return stamps
+                yield vid, h5py.h5o.open(group.id, key.encode())
 
     def read(self, video_id: str) -> np.ndarray:
         return self.read_many([video_id])[0]

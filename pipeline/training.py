@@ -1,6 +1,6 @@
 """Trains S2VT epoch by epoch, resuming a run where it stopped.
 
-Reads the feature store and the training labels; writes into the run folder
+Reads the feature store (or several, `streams`) and the training labels; writes into the run folder
 `config.json`, `last.pt` (every epoch), `best.pt` (the best epoch so far),
 `metrics.csv` (one row per epoch) and the plots `curves.png` and `schedule.png`.
 The shape of torchvision's reference `main`: build the data and the model, resume
@@ -45,7 +45,7 @@ from .metrics import course_bleu1
 from .model import S2VT, S2VTConfig, masked_loss
 from .plots import plot_history
 from .precision import TRAINING_PRECISIONS, autocast, resolve_precision
-from .store import FeatureStore
+from .streams import FeatureStreams
 from .train_step import TrainStep
 
 METRICS = ("epoch", "train_loss", "val_loss", "val_bleu", "teacher_forcing", "lr", "seconds")
@@ -145,10 +145,10 @@ def _lr_factor(cfg: TrainConfig):
     return lambda epoch: 1.0
 
 
-def read_inputs(cfg: TrainConfig) -> tuple[FeatureStore, dict[str, list[str]], list[str], list[str]]:
+def read_inputs(cfg: TrainConfig) -> tuple[FeatureStreams, dict[str, list[str]], list[str], list[str]]:
     """The store, the captions and the (training, validation) video ids: every input a run is refused for
     that is cheap to check, checked before the run folder is made."""
-    store = FeatureStore(cfg.features)
+    store = FeatureStreams(cfg.features)
     captions = load_captions(cfg.labels, cfg.split)
     if cfg.val_labels or cfg.val_split:  # the benchmark's own validation split
         train_ids = usable_ids(captions, store, cfg.labels)
@@ -178,7 +178,7 @@ def prepare(cfg: TrainConfig, inputs: tuple, device: torch.device, processes_per
     return store, vocab, train_set, val_set
 
 
-def build(cfg: TrainConfig, store: FeatureStore, vocab: Vocab, device: torch.device):
+def build(cfg: TrainConfig, store: FeatureStreams, vocab: Vocab, device: torch.device):
     """The model, its optimizer and LR schedule, freshly initialised from `cfg.seed`."""
     torch.manual_seed(cfg.seed)
     model_cfg = S2VTConfig(feature_dim=store.feature_dim, vocab_size=len(vocab), pad_id=vocab.pad_id,
@@ -190,7 +190,7 @@ def build(cfg: TrainConfig, store: FeatureStore, vocab: Vocab, device: torch.dev
     return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
 
 
-def resume(cfg: TrainConfig, model: S2VT, optimizer, scheduler, vocab: Vocab, store: FeatureStore,
+def resume(cfg: TrainConfig, model: S2VT, optimizer, scheduler, vocab: Vocab, store: FeatureStreams,
            world: distributed.World) -> Progress:
     """The run's progress: restored from `last.pt` when the run has one (checked against `cfg`), else new."""
     last = Path(cfg.run_dir) / "last.pt"
@@ -290,14 +290,14 @@ def _train_into(cfg: TrainConfig, run: Path, inputs: tuple, precision: str, devi
 
 
 def _describe(cfg: TrainConfig, train_set: CaptionSet, val_set: CaptionSet | None, vocab: Vocab,
-              store: FeatureStore, where: str, world: distributed.World) -> None:
+              store: FeatureStreams, where: str, world: distributed.World) -> None:
     own = cfg.val_labels or cfg.val_split  # the benchmark's own validation split, or a random share
     source = f"{cfg.val_split or 'the captions'} of {Path(cfg.val_labels or cfg.labels).name}" if own else \
         f"a random {cfg.val_fraction:.0%}"
     print(f"train: {len(train_set)} videos, {len(train_set.tokens)} captions; validation: "
           f"{len(val_set) if val_set else 0} videos ({source}); vocabulary: {len(vocab)} words (min count "
           f"{cfg.min_count}); "
-          f"features {tuple(train_set.features.shape[1:])} from {store.settings.backbone}; {where}" +
+          f"features {tuple(train_set.features.shape[1:])} from {store.describe()}; {where}" +
           (f"; {world.size} processes, {cfg.batch_size // world.size} captions per process and step"
            if world.distributed else ""))
     if not val_set:

@@ -80,8 +80,8 @@ def test_outputs_validation_and_plots(clip_features, tmp_path):
         assert (run / name).is_file(), name
     assert json.loads((run / "config.json").read_text())["epochs"] == 3
     checkpoint = load_checkpoint(run / "best.pt")
-    assert checkpoint["feature_settings"]["feature_dim"] == 1280
-    assert checkpoint["feature_settings"]["backbone"] == "efficientnet_lite0"
+    [stream] = checkpoint["feature_settings"]  # one stream
+    assert stream["feature_dim"] == 1280 and stream["backbone"] == "efficientnet_lite0"
     assert checkpoint["model_config"]["feature_dim"] == 1280 and checkpoint["vocab"]["words"][0] == "<pad>"
 
 
@@ -185,7 +185,8 @@ def test_train_help_lists_every_option_with_its_default_and_make_variable():
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         assert flag in out, flag
-        notes = ([f"default: {field.default}"] if field.default != "" else []) + \
+        shown = " ".join(field.default) if isinstance(field.default, tuple) else field.default  # FEATURES
+        notes = ([f"default: {shown}"] if shown != "" else []) + \
             ([f"make: {field.metadata['make']}"] if field.metadata["make"] else [])
         assert f"({'; '.join(notes)})" in out, field.name
     assert "--no-bidirectional" in out and "{none,luong,bahdanau}" in out

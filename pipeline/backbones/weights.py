@@ -28,10 +28,7 @@ def refused_pickle(exc: pickle.UnpicklingError) -> str:
 
 def file_weights(path: Path) -> tuple[dict, str]:
     """The state dict in `path` (a `state_dict` entry inside it, where there is one) and its identity."""
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    with path.open("rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    identity = file_identity(path)
     try:
         state = _read(path)
     except pickle.UnpicklingError as exc:
@@ -42,7 +39,15 @@ def file_weights(path: Path) -> tuple[dict, str]:
                            f"{str(exc).splitlines()[0][:200]}); download it again") from None
     if not isinstance(state, dict):
         raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
-    return state.get("state_dict", state), f"file:{path.name}:sha256={digest}"
+    return state.get("state_dict", state), identity
+
+
+def file_identity(path: Path) -> str:
+    """How a store records weights read from `path`: the file's name and its content's hash."""
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    with path.open("rb") as f:
+        return f"file:{path.name}:sha256={hashlib.file_digest(f, 'sha256').hexdigest()[:16]}"
 
 
 def _read(path: Path) -> object:
