@@ -108,7 +108,8 @@ def _scale_rows(s: dict) -> list[tuple[str, str, float, str]]:
 
 
 def _backbones_rows(b: dict) -> list[tuple[str, str, float, str]]:
-    return [("backbones", f"{name} ({r['precision']}), {r['clips']} clip(s) x {r['positions']} positions, a feature "
+    return [("backbones", f"{name}: not measured ({r['error']})", float("nan"), "-") if "error" in r else
+            ("backbones", f"{name} ({r['precision']}), {r['clips']} clip(s) x {r['positions']} positions, a feature "
              f"of {r['window']} frame(s): network {r['network_pps']:.2f}, pipeline {r['pipeline_pps']:.2f} features/s",
              r["ratio"], "-") for name, r in b.items()]
 

@@ -128,3 +128,20 @@ def test_the_msrvtt_cost_multiplies_what_it_measures_by_msrvtts_counts(monkeypat
         result["epoch"]["s_per_step"] * 102)
     assert result["eval"]["total_s"] == pytest.approx(result["eval"]["captioning_s"] + result["eval"]["scoring_s"])
     assert min(lite["s_per_clip"], result["epoch"]["s_per_step"], result["eval"]["scoring_s"]) > 0
+
+
+def test_a_backbone_whose_library_is_missing_is_reported_not_measured_beside_the_others(monkeypatch):
+    """A bare GPU machine may lack OpenCLIP: the CLIP rows say so and the video networks' rows stay."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_backbones
+    import run_all
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # importing it now raises ImportError
+    result = bench_backbones.run(backbones=("clip_vitb32",), positions=1, repeats=1, device="cpu")
+    assert "open_clip" in result["clip_vitb32"]["error"]
+    measured = {"network_pps": 2.0, "pipeline_pps": 1.0, "ratio": 0.5, "precision": "bf16", "clips": 1,
+                "positions": 1, "window": 16}
+    rows = run_all._backbones_rows(result | {"r2plus1d_18": measured})
+    assert rows[0][1].startswith("clip_vitb32: not measured (") and "open_clip" in rows[0][1] and rows[1][2] == 0.5

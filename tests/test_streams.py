@@ -70,7 +70,8 @@ def test_videos_sampled_at_other_frames_in_one_stream_are_left_out(tmp_path):
             source = source_attrs(i) | ({"indices": np.arange(4) * 13} if vid == moved else {})
             store.write(vid, np.ones((4, settings.feature_dim), np.float32), source)
         stores.append(store.path)
-    with pytest.warns(UserWarning, match=r"1 of the videos of labels.json were sampled at other frames .*\(first: b.avi\)"):
+    with pytest.warns(UserWarning, match=r"1 of the videos of labels.json were sampled at other frames .*\(first: "
+                                         r"b.avi\)"):
         assert usable_ids({vid: ["x"] for vid in IDS}, FeatureStreams(stores), "labels.json") == ["a.avi", "c.avi"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # one stream alone: nothing to compare, nothing said
