@@ -68,7 +68,7 @@ test-fast: setup ## run every module's unit tests, leaving out the slow ones (ma
 
 features: setup ## extract CNN features of every new or changed clip in RAW into FEATURES
 	$(if $(word 2,$(FEATURES)),$(error FEATURES="$(FEATURES)" names several stores, and make features writes one \
-		at a time: run it once per stream with its BACKBONE, e.g. make features BACKBONE=r2plus1d_18 \
+		at a time: run it once per store, with that store's network, e.g. make features BACKBONE=<its network> \
 		FEATURES=$(word 2,$(FEATURES))))
 	$(LAUNCH) extract_features.py --raw $(RAW) --features $(FEATURES) --backbone $(BACKBONE) \
 		--frames $(FRAMES) --weights $(WEIGHTS) --device $(DEVICE) --decoder $(DECODER) \

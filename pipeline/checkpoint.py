@@ -126,9 +126,9 @@ def feature_problems(checkpoint: dict, store: FeatureStreams) -> list[str]:
                 f"give the stores of the run's {len(trained)} stream{'s' if len(trained) > 1 else ''}, in order"]
     if len(trained) == 1:
         return [f"features {line}" for line in trained[0].differences(given[0], only=FEATURE_KEYS)]
-    problems = [f"features of stream {i} ({path}) {line}" for i, (ours, theirs, path) in
+    problems = [f"stream {i}, {path}: {line}" for i, (ours, theirs, path) in
                 enumerate(zip(trained, given, (s.path for s in store.stores)), 1)
-                for line in ours.differences(theirs, only=FEATURE_KEYS)]
+                for line in ours.differences(theirs, only=FEATURE_KEYS, sides=("in the run", "in this store"))]
     if problems and sorted(map(_identity, trained)) == sorted(map(_identity, given)):
         problems.append(f"FEATURES names the run's stores in another order: give them as the run was trained, "
                         f"{_backbones(trained)}")

@@ -78,7 +78,7 @@ class Checked:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if _kind(f).startswith("tuple") and not isinstance(value, tuple):
-                setattr(self, f.name, (value,) if isinstance(value, str) else tuple(value))
+                setattr(self, f.name, ((value,) if value else ()) if isinstance(value, str) else tuple(value))
             problem = _problem(f, getattr(self, f.name))
             if problem:
                 make = f" (make: {f.metadata['make']})" if f.metadata.get("make") else ""
@@ -92,8 +92,10 @@ def _kind(f: dataclasses.Field) -> str:
 
 def _add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One argument per field of dataclass `cls`: a positional one, or a `--name` option with its default
-    (an empty one is not shown) and its `make` variable in its help; a `tuple` field's option takes one or
-    more values."""
+    (an empty one is not shown) and its `make` variable in its help. A `tuple` field's option may be repeated
+    and takes one or more values each time (`--features a.h5 b.h5`); in a command with positional arguments,
+    one value each time (`--weights a.pt --weights b.pt`), so that it cannot swallow them."""
+    several = 1 if any(f.metadata.get("positional") for f in dataclasses.fields(cls)) else "+"
     for f in dataclasses.fields(cls):
         kind = _kind(f)
         if f.metadata.get("positional"):
@@ -106,10 +108,11 @@ def _add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f.metadata["help"] + (f" ({'; '.join(notes)})" if notes else "")
         if kind == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        elif kind.startswith("tuple"):  # no default here: argparse would extend it (the config's own fills in)
+            parser.add_argument(flag, action="extend", nargs=several, default=None, help=help_text)
         else:
             parser.add_argument(flag, type={"int": int, "float": float}.get(kind, str), default=f.default,
-                                help=help_text, choices=f.metadata.get("choices") or None,
-                                nargs="+" if kind.startswith("tuple") else None)
+                                help=help_text, choices=f.metadata.get("choices") or None)
 
 
 def parse_configs(description: str, argv: list[str] | None, *classes: type) -> list:
@@ -118,9 +121,10 @@ def parse_configs(description: str, argv: list[str] | None, *classes: type) -> l
     parser = argparse.ArgumentParser(description=description)
     for cls in classes:
         _add_arguments(parser, cls)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # positional arguments may come before, between or after options
     try:
-        return [cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}) for cls in classes]
+        return [cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                       if getattr(args, f.name) is not None}) for cls in classes]
     except ConfigError as exc:
         parser.error(str(exc))
 
@@ -280,8 +284,9 @@ class CaptionConfig(Checked):
     checkpoint: str = option_of(EvalConfig, "checkpoint")
     beam: int = option_of(DecodeConfig, "beam")
     device: str = option_of(ExtractConfig, "device")
-    weights: tuple[str, ...] = opt((), "the weights file(s) the run's features were made with, where a stream's "
-                                       "were a file (each is matched to its stream by its content)")
+    weights: tuple[str, ...] = opt((), "the weights file the run's features were made with, where they were made "
+                                       "from a file; for several streams repeat it, --weights a.pt --weights b.pt "
+                                       "(each file is matched to its stream by its content)")
 
 
 @dataclass

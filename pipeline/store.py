@@ -41,7 +41,7 @@ import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import h5py
 import numpy as np
@@ -57,6 +57,7 @@ SOURCE_KEYS = ("source_size", "source_mtime_ns", "n_frames", "fps", "indices", "
 INCOMPLETE = "incomplete"  # the group a video's entry is written in before it is moved to `features`
 LOCK_WAIT = 600.0  # seconds to wait for another process's open of the file before giving up
 LOCK_NOTE = 5.0  # seconds after which the wait is announced
+T = TypeVar("T")
 # What h5py raises reading a file whose bytes were damaged (bad signatures, headers, heaps).
 DAMAGE = (OSError, KeyError, RuntimeError, ValueError, AttributeError, TypeError)
 
@@ -109,10 +110,12 @@ class StoreSettings:
     precision: str = "fp32"  # the backbone's arithmetic: fp32, bf16 or fp16 (stores made before it were fp32)
     window: int = 1  # consecutive frames each feature describes (a video network's clip; stores before it: 1)
 
-    def differences(self, other: "StoreSettings", only: tuple[str, ...] | None = None) -> list[str]:
-        """One line per differing field (of `only`, when given): this value, then the other's."""
+    def differences(self, other: "StoreSettings", only: tuple[str, ...] | None = None,
+                    sides: tuple[str, str] = ("here", "there")) -> list[str]:
+        """One line per differing field (of `only`, when given): this value, then the other's, each followed by
+        its side's name."""
         names = only or tuple(f.name for f in fields(self))
-        return [f"{name}: {getattr(self, name)!r} here, {getattr(other, name)!r} there"
+        return [f"{name}: {getattr(self, name)!r} {sides[0]}, {getattr(other, name)!r} {sides[1]}"
                 for name in names if getattr(self, name) != getattr(other, name)]
 
 
@@ -280,48 +283,42 @@ class FeatureStore:
 
         Reads those two attributes alone, through h5py's low-level API: reading every attribute of 10,000
         entries the high-level way took 3 s, this 0.5 s."""
-        size, mtime = np.zeros((), np.int64), np.zeros((), np.int64)
-        stamps: dict[str, tuple[int, int] | None] = {}
-        for vid, entry in self._each_entry():
+        def stamp(entry: h5py.h5o.ObjectID) -> tuple[int, int] | None:
             if not all(h5py.h5a.exists(entry, key.encode()) for key in SOURCE_KEYS):
-                stamps[vid] = None
-                continue
-            h5py.h5a.open(entry, b"source_size").read(size)
-            h5py.h5a.open(entry, b"source_mtime_ns").read(mtime)
-            stamps[vid] = (int(size), int(mtime))
-        return stamps
+                return None
+            return int(_attribute(entry, "source_size")), int(_attribute(entry, "source_mtime_ns"))
+        return self._read_entries(stamp)
 
-    def sampled(self) -> dict[str, np.ndarray | None]:
-        """Per video id, the indices of the decoded frames its features were sampled at `(F,)`, or None where
-        they were not recorded; read as `stamps` reads (MSR-VTT's 10,000 entries in well under a second)."""
-        sampled: dict[str, np.ndarray | None] = {}
-        for vid, entry in self._each_entry():
-            if not h5py.h5a.exists(entry, b"indices"):
-                sampled[vid] = None
-                continue
-            attribute = h5py.h5a.open(entry, b"indices")
-            sampled[vid] = np.empty(attribute.shape, attribute.dtype)
-            attribute.read(sampled[vid])
-        return sampled
+    def recorded(self, name: str) -> dict[str, np.ndarray | None]:
+        """Per video id, its source attribute `name` (e.g. `indices`, the sampled frames `(F,)`), or None where
+        it was not recorded; read as `stamps` reads."""
+        return self._read_entries(lambda entry: _attribute(entry, name) if h5py.h5a.exists(entry, name.encode())
+                                  else None)
 
-    def _each_entry(self) -> Iterator[tuple[str, h5py.h5o.ObjectID]]:
-        """Per video id, its entry opened through h5py's low-level API, for reading a few attributes fast."""
+    def _read_entries(self, read: Callable[[h5py.h5o.ObjectID], T]) -> dict[str, T]:
+        """Per video id, `read` of its entry opened through h5py's low-level API, for reading a few attributes
+        fast; inside the open file, so what damaged bytes raise is a `StoreError` naming the store."""
         with _inside(self.path, "r") as f:
             group = f["features"]
-            for vid, key in _entries(group).items():
-                yield vid, h5py.h5o.open(group.id, key.encode())
+            return {vid: read(h5py.h5o.open(group.id, key.encode())) for vid, key in _entries(group).items()}
 
     def read(self, video_id: str) -> np.ndarray:
         return self.read_many([video_id])[0]
 
-    def read_many(self, video_ids: list[str]) -> np.ndarray:
-        """Features of `video_ids` as one `(N, F, D)` array of the store's dtype, in that order.
+    def read_many(self, video_ids: list[str], into: np.ndarray | None = None) -> np.ndarray:
+        """Features of `video_ids` as one `(N, F, D)` array of the store's dtype, in that order; or written into
+        `into`, an `(N, F, D)` view (another stream's columns beside them, another dtype), and returned.
 
         Each video is read straight into its row through h5py's low-level API: no array per video to stack
         (which doubled the memory a split loaded whole takes), and a third of the time a batch read from the
-        store took. A video whose checksum does not match or whose values are not finite is a `StoreError`
-        naming it (every such one of `video_ids`)."""
-        features = np.empty((len(video_ids), self.settings.frames, self.settings.feature_dim), self.settings.dtype)
+        store took; a row of `into` that is not one contiguous block of the store's dtype is read through a
+        one-row buffer. A video whose checksum does not match or whose values are not finite is a
+        `StoreError` naming it (every such one of `video_ids`)."""
+        shape = (len(video_ids), self.settings.frames, self.settings.feature_dim)
+        features = np.empty(shape, self.settings.dtype) if into is None else into
+        if features.shape != shape:
+            raise ValueError(f"reading {self.path} into an array of shape {features.shape}, not {shape}")
+        buffer = np.empty(shape[1:], self.settings.dtype)  # (F, D)
         problems = []
         with _inside(self.path, "r") as f:
             group = f["features"]
@@ -334,11 +331,14 @@ class FeatureStore:
                 if dataset.shape != row.shape:  # a store written by other means: the read would not fit the row
                     problems.append(f"{vid}: features of shape {dataset.shape}, not the store's {row.shape}")
                     continue
+                direct = row.flags.c_contiguous and row.dtype == buffer.dtype
                 try:
-                    dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, row)
+                    dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, row if direct else buffer)
                 except OSError as exc:  # its values are damaged (a damaged header fails the open: `_inside`)
                     problems.append(f"{vid}: {_unreadable(group[key], exc)}")
                     continue
+                if not direct:
+                    row[...] = buffer
                 if not np.isfinite(row).all():  # 0.16 ms for an (80, 4096) row
                     problems.append(f"{vid}: {NON_FINITE}")
         if problems:
@@ -422,6 +422,14 @@ class FeatureStore:
         except StoreError as exc:
             problems.append(str(exc))
         return problems
+
+
+def _attribute(entry: h5py.h5o.ObjectID, name: str) -> np.ndarray:
+    """The attribute `name` of an entry opened with h5py's low-level API, as an array of its shape."""
+    attribute = h5py.h5a.open(entry, name.encode())
+    value = np.empty(attribute.shape, attribute.dtype)
+    attribute.read(value)
+    return value
 
 
 def _entry_problems(f: h5py.File, vid: str, expected: tuple[int, int], dtype: np.dtype) -> list[str]:

@@ -4,10 +4,10 @@ Reads the stores FEATURES names (`make features` made each, e.g. `clip_vitb32_80
 `r2plus1d_18_80.h5`); writes nothing. A video's features are its `(F, D_1)`, `(F, D_2)`, ...
 arrays concatenated along the feature axis into `(F, D_1 + D_2 + ...)`, in the order the
 stores are named: the model sees one feature vector per sampled frame. The stores must sample
-the same number of frames; a video is used only where every store holds it, sampled at the same
-decoded frames (a store extracted from another version of its clip is not): the others are left
-out with a warning naming the store that lacks them, as a video without features is with one
-store. One store is the common case, and reads exactly as that store does.
+the same number of frames; a video is used only where every store holds it, made from a file of
+the same size and sampled at the same decoded frames (a store extracted from another version of
+its clip is not): the others are left out with a warning naming the store that lacks or differs,
+as a video without features is with one store. One store is the common case, and reads exactly as that store does.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import numpy as np
 
 from .errors import ConfigError
 from .store import FeatureStore, StoreError, StoreSettings
+
+ALIGNED = ("source_size", "indices")  # recorded per video: the same in every stream, or the video is left out
 
 
 class FeatureStreams:
@@ -65,13 +67,19 @@ class FeatureStreams:
         return " + ".join(f"{s.backbone} ({s.feature_dim})" for s in self.settings)
 
     def ids(self) -> list[str]:
-        """Every video all the streams hold, at the same frames; the others are left out with a warning."""
-        return self.usable(None, "the stores")
+        """Every video all the streams hold, at the same frames; the others are left out with a warning. None
+        at all is an error: there is nothing to caption."""
+        ids = self.usable(None, "the stores")
+        if not ids:
+            raise StoreError(f"no video is in every store of {self.name}: extract the same clips into each "
+                             f"(`make features` with each store's BACKBONE and FEATURES)" if len(self.stores) > 1
+                             else f"{self.name} holds no video yet: run `make features` first")
+        return ids
 
     def usable(self, wanted: Iterable[str] | None, what: str) -> list[str]:
-        """The ids of `wanted` (all the stores hold, when None) that every store holds, sampled at the same
-        frames, sorted; each store lacking some, and any video sampled differently, is warned about, naming
-        `what` the ids come from."""
+        """The ids of `wanted` (all the stores hold, when None) that every store holds, made from the same clip
+        and sampled at the same frames, sorted; each store lacking some, and any video whose stores differ so,
+        is warned about, naming `what` the ids come from."""
         held = [set(store.ids()) for store in self.stores]
         wanted = set(wanted) if wanted is not None else set().union(*held)
         for store, ids in zip(self.stores, held):
@@ -79,32 +87,44 @@ class FeatureStreams:
             if missing:
                 _leave_out(f"{len(missing)} of {len(wanted)} videos in {what} have no features in {store.path} "
                            f"(first: {', '.join(missing[:5])}); they are left out. Put their clips in RAW and run "
-                           f"`make features` with FEATURES={store.path} to include them.")
+                           f"`make features` (BACKBONE={store.settings.backbone} FEATURES={store.path}) to "
+                           f"include them.")
         kept = wanted.intersection(*held)
-        unaligned = self._unaligned(kept)
-        if unaligned:
-            _leave_out(f"{len(unaligned)} of the videos of {what} were sampled at other frames in "
-                       f"{self.stores[0].path} than in another stream (first: {', '.join(unaligned[:5])}): a store "
-                       f"was extracted from another version of their clips; they are left out. Touch those clips "
-                       f"in RAW and run `make features` for every stream to include them.")
-        return sorted(kept - set(unaligned))
+        for other, unaligned in self._unaligned(kept).items():
+            _leave_out(f"{len(unaligned)} of the videos of {what} were made from another clip file, or sampled at "
+                       f"other frames, in {other.path} than in {self.stores[0].path} (first: "
+                       f"{', '.join(unaligned[:5])}): one store was extracted from another version of their clips; "
+                       f"they are left out. Touch those clips in RAW and run `make features` for every stream to "
+                       f"include them.")
+            kept -= set(unaligned)
+        return sorted(kept)
 
-    def _unaligned(self, ids: set[str]) -> list[str]:
-        """The videos of `ids` whose recorded sampled frames differ between the stores (none with one store)."""
+    def _unaligned(self, ids: set[str]) -> dict[FeatureStore, list[str]]:
+        """Per store after the first, the videos of `ids` whose recorded source file size or sampled frames
+        differ from the first store's (nothing with one store)."""
         if len(self.stores) == 1:
-            return []
-        first, *others = (store.sampled() for store in self.stores)
-        return sorted(vid for vid in ids if any(not _same(first[vid], other[vid]) for other in others))
+            return {}
+        first, *others = ([store.recorded(name) for name in ALIGNED] for store in self.stores)
+        unaligned = {store: sorted(vid for vid in ids if not all(_same(a[vid], b[vid]) for a, b in zip(first, other)))
+                     for store, other in zip(self.stores[1:], others)}
+        return {store: vids for store, vids in unaligned.items() if vids}
 
     def read_many(self, video_ids: list[str]) -> np.ndarray:
-        """Features of `video_ids` as one `(N, F, D_1 + D_2 + ...)` array, the streams side by side."""
+        """Features of `video_ids` as one `(N, F, D_1 + D_2 + ...)` array, the streams side by side; each
+        store's features are read into their columns (no second copy of the whole set)."""
         if len(self.stores) == 1:
             return self.stores[0].read_many(video_ids)
-        return np.concatenate([store.read_many(video_ids) for store in self.stores], axis=-1)
+        dtype = np.result_type(*(s.dtype for s in self.settings))
+        features = np.empty((len(video_ids), self.frames, self.feature_dim), dtype)  # (N, F, D_1 + D_2 + ...)
+        start = 0
+        for store in self.stores:
+            store.read_many(video_ids, into=features[..., start:start + store.feature_dim])
+            start += store.feature_dim
+        return features
 
 
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    """Whether two videos' recorded sampled frames agree (a store written without them agrees with any)."""
+    """Whether a video's recorded attribute agrees in two stores (a store written without it agrees with any)."""
     return a is None or b is None or np.array_equal(a, b)
 
 

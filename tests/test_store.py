@@ -133,3 +133,18 @@ def test_an_entry_of_another_shape_is_refused_by_name_not_read_past_its_row(stor
         f["features"].create_dataset("b.avi", data=np.ones((7, 6), np.float32))
     with pytest.raises(StoreError, match=r"b.avi: features of shape \(7, 6\), not the store's \(4, 6\)"):
         store.read_many(["a.avi", "b.avi"])
+
+
+@pytest.mark.parametrize("read", [lambda store: store.stamps(), lambda store: store.recorded("indices")])
+def test_damage_met_reading_the_entries_attributes_is_a_store_error_naming_the_store(tmp_path, monkeypatch, read):
+    """What h5py raises on a damaged attribute while the entries are walked (the skip pass, the streams'
+    check) is a `StoreError` naming the file, never a traceback."""
+    store = FeatureStore.open_or_create(tmp_path / "f.h5", STORE_SETTINGS, {})
+    store.write("a.avi", np.ones((4, 6), np.float32), source_attrs())
+    assert read(store)["a.avi"] is not None
+
+    def damaged(*args):
+        raise RuntimeError("Can't synchronously determine if attribute exists (possibly corrupted file)")
+    monkeypatch.setattr(h5py.h5a, "exists", damaged)
+    with pytest.raises(StoreError, match=r"f.h5 is damaged inside \(RuntimeError"):
+        read(store)

@@ -16,7 +16,7 @@ from conftest import CLIPS_DIR, SMALL_CLIPS, STORE_SETTINGS, random_store, run_m
 from pipeline import caption_files
 from pipeline.backbones import WeightsError, get_spec
 from pipeline.checkpoint import feature_problems, load_checkpoint, trained_streams
-from pipeline.config import EvalConfig, ExtractConfig, TrainConfig, parse_config
+from pipeline.config import CaptionConfig, EvalConfig, ExtractConfig, TrainConfig, parse_config
 from pipeline.dataset import usable_ids
 from pipeline.errors import ConfigError
 from pipeline.features import extract
@@ -60,22 +60,71 @@ def test_a_video_missing_from_one_stream_is_left_out_with_a_warning_naming_that_
         assert streams.ids() == IDS[:2]  # make captions: the videos every stream holds
 
 
-def test_videos_sampled_at_other_frames_in_one_stream_are_left_out(tmp_path):
-    """A store extracted from another version of a clip sampled other frames: its features are not of the
-    same frames as the other stream's, so the video is left out, said."""
+def test_videos_made_from_another_version_of_their_clip_in_one_stream_are_left_out(tmp_path):
+    """A store extracted from another version of a clip holds features of other frames (another sampling, or
+    another file of the same length) than the other stream's: the video is left out, said."""
     stores = []
-    for name, settings, moved in (("one.h5", WIDE, None), ("two.h5", NARROW, "b.avi")):
+    for name, settings, changed in (("one.h5", WIDE, {}), ("two.h5", NARROW, {"b.avi": {"indices": np.arange(4) * 13},
+                                                                            "c.avi": {"source_size": 7}})):
         store = FeatureStore.open_or_create(tmp_path / name, settings, {})
         for i, vid in enumerate(IDS):
-            source = source_attrs(i) | ({"indices": np.arange(4) * 13} if vid == moved else {})
-            store.write(vid, np.ones((4, settings.feature_dim), np.float32), source)
+            store.write(vid, np.ones((4, settings.feature_dim), np.float32), source_attrs(i) | changed.get(vid, {}))
         stores.append(store.path)
-    with pytest.warns(UserWarning, match=r"1 of the videos of labels.json were sampled at other frames .*\(first: "
-                                         r"b.avi\)"):
-        assert usable_ids({vid: ["x"] for vid in IDS}, FeatureStreams(stores), "labels.json") == ["a.avi", "c.avi"]
+    with pytest.warns(UserWarning, match=r"2 of the videos of labels.json were made from another clip file, or "
+                                         r"sampled at other frames, in .*two.h5 than in .*one.h5 \(first: b.avi, "
+                                         r"c.avi\)"):
+        assert usable_ids({vid: ["x"] for vid in IDS}, FeatureStreams(stores), "labels.json") == ["a.avi"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # one stream alone: nothing to compare, nothing said
         assert FeatureStreams(stores[1]).ids() == IDS
+
+
+def test_streams_holding_no_video_in_common_are_refused_for_captioning_all(tmp_path):
+    wide, narrow = _pair(tmp_path, first_ids=IDS[:1], second_ids=IDS[1:])
+    with pytest.warns(UserWarning), pytest.raises(StoreError, match="no video is in every store of .*wide.h5 \\+ "
+                                                                    ".*narrow.h5"):
+        FeatureStreams([wide, narrow]).ids()
+
+
+def test_streams_are_read_into_one_array_without_a_second_copy_of_the_set(tmp_path):
+    """Loading a split whole holds its features once: each store reads into its columns (a float16 stream
+    beside a float32 one is widened as it is read)."""
+    import tracemalloc
+
+    ids = [f"v{i:03}.avi" for i in range(200)]
+    wide = random_store(tmp_path / "wide.h5", ids, dataclasses.replace(WIDE, feature_dim=256))
+    half = FeatureStore.open_or_create(tmp_path / "half.h5", dataclasses.replace(NARROW, feature_dim=256,
+                                                                                 dtype="float16"), {})
+    for i, vid in enumerate(ids):
+        half.write(vid, np.full((4, 256), i, np.float16), source_attrs())
+    streams = FeatureStreams([wide, half.path])
+    tracemalloc.start()
+    features = streams.read_many(ids)  # (200, 4, 512) float32
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert features.dtype == np.float32 and features.shape == (200, 4, 512)
+    assert peak < 1.2 * features.nbytes, f"{peak / features.nbytes:.2f}x the set's size"
+    np.testing.assert_array_equal(features[..., :256], FeatureStore(wide).read_many(ids))
+    np.testing.assert_array_equal(features[7, :, 256:], np.full((4, 256), 7, np.float32))
+
+
+def test_a_run_trained_before_streams_still_evaluates_captions_files_and_checks_its_stores(tiny_run, clip_features,
+                                                                                          tmp_path):
+    """A checkpoint of one store's settings as a dict (made before streams) is read as one stream everywhere."""
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.evaluation import caption_all
+
+    checkpoint = load_checkpoint(tiny_run / "best.pt")
+    checkpoint["feature_settings"] = checkpoint["feature_settings"][0]
+    old = tmp_path / "old"
+    old.mkdir()
+    save_checkpoint(old / "best.pt", checkpoint)
+    path = caption_all(EvalConfig(run_dir=str(old), features=str(clip_features), beam=1))
+    assert len(path.read_text().splitlines()) == len(SMALL_CLIPS)
+    captions, failures = caption_files.caption_files(CaptionConfig(videos=[str(SMALL_CLIPS[0])], run_dir=str(old)))
+    assert list(captions) == [SMALL_CLIPS[0].name] and not failures
+    wide = random_store(tmp_path / "wide.h5", IDS, WIDE)
+    assert feature_problems(checkpoint, FeatureStreams(wide))[0].startswith("features backbone: 'efficientnet_lite0'")
 
 
 def test_streams_of_other_frame_counts_or_a_store_named_twice_are_refused(tmp_path):
@@ -91,8 +140,12 @@ def test_streams_of_other_frame_counts_or_a_store_named_twice_are_refused(tmp_pa
 
 
 def test_features_take_one_store_or_several_from_the_command_line_and_from_python():
-    cfg = parse_config(TrainConfig, "", ["--features", "clip_vitb32_80.h5", "r2plus1d_18_80.h5"])
-    assert cfg.features == ("clip_vitb32_80.h5", "r2plus1d_18_80.h5")
+    cfg = parse_config(TrainConfig, "", ["--features", "clip_vitb32_80.h5", "r2plus1d_18_80.h5", "--epochs", "3"])
+    assert cfg.features == ("clip_vitb32_80.h5", "r2plus1d_18_80.h5") and cfg.epochs == 3
+    assert parse_config(TrainConfig, "", ["--features", "a.h5", "--features", "b.h5"]).features == ("a.h5", "b.h5")
+    caption = parse_config(CaptionConfig, "", ["--weights", "w.pt", "a.avi", "--weights", "v.pt", "b.avi"])
+    assert caption.weights == ("w.pt", "v.pt") and caption.videos == ["a.avi", "b.avi"], "--weights takes one file"
+    assert CaptionConfig(videos=["a.avi"], weights="").weights == (), "the old default: no file"
     assert parse_config(EvalConfig, "", []).features == ("data/features/vgg16_80.h5",)
     assert TrainConfig(features="my store.h5").features == ("my store.h5",), "a path holding a space is one store"
     assert EvalConfig(features=["a.h5", "b.h5"]).features == ("a.h5", "b.h5")
@@ -103,7 +156,8 @@ def test_make_features_refuses_several_stores_naming_what_to_run():
     proc = run_make("-n", "features", "FEATURES=a.h5 b.h5", check=False)
     assert proc.returncode == 2
     assert "names several stores, and make features writes one at a time" in proc.stderr
-    assert "make features BACKBONE=r2plus1d_18 FEATURES=b.h5" in proc.stderr
+    assert "run it once per store, with that store's network, e.g. make features BACKBONE=<its network> " \
+           "FEATURES=b.h5" in proc.stderr
 
 
 def _checkpoint_of(*settings) -> dict:
@@ -117,11 +171,11 @@ def test_a_two_stream_checkpoint_is_refused_for_other_stores_naming_what_differs
     [fewer] = feature_problems(checkpoint, FeatureStreams(wide))
     assert "trained on resnet50 + r2plus1d_18, FEATURES names resnet50" in fewer and "2 streams, in order" in fewer
     reordered = feature_problems(checkpoint, FeatureStreams([narrow, wide]))
-    assert reordered[0].startswith(f"features of stream 1 ({narrow}) backbone: 'resnet50' here, 'r2plus1d_18'")
+    assert reordered[0] == f"stream 1, {narrow}: backbone: 'resnet50' in the run, 'r2plus1d_18' in this store"
     assert reordered[-1].startswith("FEATURES names the run's stores in another order")
     other = random_store(tmp_path / "other.h5", IDS, dataclasses.replace(NARROW, weights="file:k.pt:sha256=1"))
     [weights] = feature_problems(checkpoint, FeatureStreams([wide, other]))
-    assert weights.startswith(f"features of stream 2 ({other}) weights:")
+    assert weights.startswith(f"stream 2, {other}: weights: 'random(seed=0)' in the run, 'file:k.pt")
 
 
 def test_a_checkpoint_made_before_streams_reads_as_one_stream():
