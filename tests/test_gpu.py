@@ -173,3 +173,43 @@ def test_extraction_on_the_gpu_decodes_with_nvdec_and_records_the_decoder_of_eac
         # (resized on the CPU); only the network's arithmetic differs
         a, b = (torch.from_numpy(FeatureStore(tmp_path / name).read(vid)) for name in ("gpu.h5", "cpu.h5"))
         assert torch.nn.functional.cosine_similarity(a, b, dim=1).min() > 0.999, vid
+
+
+@pytest.mark.parametrize("backbone", ["r2plus1d_18", "clip_vitb32"])
+def test_todays_backbones_extract_on_the_gpu_as_on_the_cpu(tmp_path, backbone):
+    """A Kinetics video network's windows and a CLIP encoder's frames, on CUDA: the same frames and crops as on
+    the CPU (resized there), so only the arithmetic differs."""
+    if backbone.startswith("clip"):
+        pytest.importorskip("open_clip", reason="OpenCLIP is not installed on this machine")
+    raw = copy_clips(SMALL_CLIPS[:2], tmp_path / "raw")
+    settings = dict(raw=str(raw), backbone=backbone, weights="random", frames=4, precision="fp32")
+    on_gpu = extract(ExtractConfig(features=str(tmp_path / "gpu.h5"), device="cuda", **settings))
+    extract(ExtractConfig(features=str(tmp_path / "cpu.h5"), device="cpu", **settings))
+    assert len(on_gpu.done) == 2 and not on_gpu.failed
+    for vid in (SMALL_CLIPS[0].name, SMALL_CLIPS[1].name):
+        a, b = (torch.from_numpy(FeatureStore(tmp_path / name).read(vid)) for name in ("gpu.h5", "cpu.h5"))
+        assert torch.nn.functional.cosine_similarity(a, b, dim=1).min() > 0.999, vid
+
+
+def test_a_two_stream_run_trains_on_the_gpu_and_captions_its_stores(tmp_path):
+    """Two streams side by side through the captured CUDA training step, then captioned on the GPU."""
+    import dataclasses
+    import json
+
+    from conftest import STORE_SETTINGS, random_store
+    from pipeline.config import EvalConfig
+    from pipeline.evaluation import caption_all
+
+    ids = [f"v{i}.avi" for i in range(16)]
+    stores = [random_store(tmp_path / "a.h5", ids, dataclasses.replace(STORE_SETTINGS, feature_dim=24)),
+              random_store(tmp_path / "b.h5", ids, dataclasses.replace(STORE_SETTINGS, backbone="s3d", feature_dim=8))]
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps([{"id": vid, "caption": [f"a clip number {i % 4}"]} for i, vid in enumerate(ids)]))
+    history = train(TrainConfig(features=[str(s) for s in stores], labels=str(labels), run_dir=str(tmp_path / "run"),
+                                epochs=3, hidden=32, embed=32, batch_size=8, val_fraction=0, min_count=1,
+                                device="cuda"))
+    assert all(np.isfinite(row["train_loss"]) for row in history)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["model_config"]["feature_dim"] == 32
+    path = caption_all(EvalConfig(run_dir=str(tmp_path / "run"), features=[str(s) for s in stores], beam=2,
+                                  device="cuda"))
+    assert len(path.read_text().splitlines()) == len(ids)
