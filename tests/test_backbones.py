@@ -12,7 +12,8 @@ import torch
 import torchvision
 from torchvision.models import VGG16_Weights
 
-from conftest import CLIPS_DIR, SMALL_CLIPS, copy_clips, lite_config, write_h264_clip
+from conftest import (CLIPS_DIR, REAL_CLIPS, SMALL_CLIPS, copy_clips, lite_config, needs_shared,
+                      write_h264_clip)
 from pipeline import backbones
 from pipeline.backbones import clip
 from pipeline.backbones import BACKBONES, WeightsError, get_spec, load_backbone
@@ -235,3 +236,18 @@ def test_each_video_backbone_extracts_a_store_that_records_its_window(name, tmp_
     store = FeatureStore(tmp_path / f"{name}.h5")
     assert store.settings.window == 16 and store.read_many(store.ids()).shape == (2, 2, get_spec(name).feature_dim)
     assert FeatureStore(tmp_path / f"{name}.h5").settings == store.settings  # read back, the window an int
+
+
+@pytest.mark.slow
+@needs_shared
+@pytest.mark.parametrize("name", [*clip.MODELS, *KINETICS])
+def test_each_new_backbone_extracts_a_store_from_the_shared_clips(name, tmp_path):
+    """The shared clips beyond the bundled four: 640x480 and 1280x720, 15 to 60 fps, 2 positions each."""
+    shared_only = [p.values[0] for p in REAL_CLIPS if p.marks]
+    raw = copy_clips(shared_only, tmp_path / "raw")
+    summary = extract(lite_config(raw, tmp_path / f"{name}.h5", backbone=name, frames=2))
+    assert len(summary.done) == len(shared_only) == 4 and not summary.failed
+    store = FeatureStore(tmp_path / f"{name}.h5")
+    features = store.read_many(store.ids())  # (4, 2, D)
+    assert features.shape == (4, 2, get_spec(name).feature_dim) and np.isfinite(features).all()
+    assert store.settings.window == get_spec(name).window
