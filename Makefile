@@ -46,6 +46,7 @@ LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --npr
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "Variables: RAW=$(RAW) BACKBONE=$(BACKBONE) FRAMES=$(FRAMES) FEATURES=$(FEATURES)"
+	@echo "           (train, eval, captions: FEATURES=\"a.h5 b.h5\" reads several stores of the same clips side by side)"
 	@echo "           WEIGHTS=$(WEIGHTS) DEVICE=$(DEVICE) BATCH=$(BATCH) DECODER=$(DECODER) PRECISION=$(PRECISION)"
 	@echo "           LABELS=$(LABELS) SPLIT=$(SPLIT) VAL_LABELS=$(VAL_LABELS) VAL_SPLIT=$(VAL_SPLIT)"
 	@echo "           RUN=$(RUN) EPOCHS=$(EPOCHS) TRAIN_ARGS=$(TRAIN_ARGS) NPROC=$(NPROC)"
@@ -87,6 +88,7 @@ captions: setup ## caption every video in FEATURES with RUN/best.pt into RUN/cap
 	$(PY) evaluate.py --all --run-dir $(RUN) --features $(FEATURES) --beam $(BEAM) --device $(DEVICE) $(EVAL_ARGS)
 
 caption: setup ## caption the video file(s) VIDEO="a.avi b.mp4" with RUN/best.pt
+	$(if $(VIDEO),,$(error make caption needs the files to caption: make caption VIDEO="a.avi b.mp4"))
 	$(PY) caption.py $(VIDEO) --run-dir $(RUN) --beam $(BEAM) --device $(DEVICE)
 
 sample: setup ## generate the embedded sample dataset (synthetic captioned clips) into SAMPLE

@@ -126,13 +126,14 @@ def feature_problems(checkpoint: dict, store: FeatureStreams) -> list[str]:
                 f"give the stores of the run's {len(trained)} stream{'s' if len(trained) > 1 else ''}, in order"]
     if len(trained) == 1:
         return [f"features {line}" for line in trained[0].differences(given[0], only=FEATURE_KEYS)]
-    problems = [f"stream {i}, {path}: {line}" for i, (ours, theirs, path) in
-                enumerate(zip(trained, given, (s.path for s in store.stores)), 1)
-                for line in ours.differences(theirs, only=FEATURE_KEYS, sides=("in the run", "in this store"))]
-    if problems and sorted(map(_identity, trained)) == sorted(map(_identity, given)):
-        problems.append(f"FEATURES names the run's stores in another order: give them as the run was trained, "
-                        f"{_backbones(trained)}")
-    return problems
+    identities = [_identity(s) for s in given]
+    if list(map(_identity, trained)) != identities and sorted(map(_identity, trained)) == sorted(identities):
+        in_order = " ".join(str(store.stores[identities.index(_identity(s))].path) for s in trained)
+        return [f"FEATURES names the run's stores in another order: give them as the run was trained "
+                f"({_backbones(trained)}), FEATURES=\"{in_order}\""]
+    return [f"stream {i}, {path}: {line}" for i, (ours, theirs, path) in
+            enumerate(zip(trained, given, (s.path for s in store.stores)), 1)
+            for line in ours.differences(theirs, only=FEATURE_KEYS, sides=("in the run", "in this store"))]
 
 
 def _identity(settings: StoreSettings) -> tuple:

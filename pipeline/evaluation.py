@@ -62,16 +62,17 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     """Caption the test videos with the run's checkpoint, score them and the baseline."""
     checkpoint, model, vocab, store = load_run(cfg)
     run = ensure_writable_folder(cfg.run_dir, "RUN")
-    references = load_captions(cfg.references, cfg.references_split)
-    ids = usable_ids(references, store, cfg.references)
+    references_all = load_captions(cfg.references, cfg.references_split)
+    ids = usable_ids(references_all, store, cfg.references)
     captions = caption_videos(model, vocab, store, ids, cfg)
     write_captions(run / "captions.txt", captions)
     warn_empty_captions(captions, str(run / "captions.txt"))
-    references = {vid: references[vid] for vid in ids}
+    references = {vid: references_all[vid] for vid in ids}
     per_video = bleu1_per_video(captions, references)  # the headline score's parts, and the report's ranking
     trained_on = checkpoint["train_config"]  # the run's training captions, and their split (none before splits)
     labels = (cfg.train_labels, "") if cfg.train_labels else (trained_on["labels"], trained_on.get("split", ""))
     scores = scores_with_baseline(captions, references, *labels, per_video=per_video)
+    scores["videos_left_out"] = len(references_all) - len(ids)  # warned about by `usable_ids`; said again below
     scores["decoding"] = asdict(cfg.decoding())
     scores["checkpoint"] = {"file": str(run / cfg.checkpoint), "epoch": checkpoint["epoch"]}
     write_json(run / "scores.json", scores)

@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
-from .errors import PipelineError
+from .errors import PipelineError, PipelineWarning
 from .ids import normal_id
 from .files import PERMISSION_DENIED, not_a_file
 from .video import VIDEO_EXTENSIONS
@@ -101,7 +101,7 @@ def _split_id_caption(line: str) -> tuple[str, str] | None:
 def _add(captions: dict[str, list[str]], path: Path, where: str, video_id: str, caption) -> None:
     """Add `caption` to the video `video_id`, in the form clips' ids are compared in (`ids.normal_id`)."""
     if not isinstance(caption, str) or not tokenize(caption):
-        warnings.warn(f"{path}: {where}: empty caption for {video_id!r} skipped", stacklevel=3)
+        warnings.warn(f"{path}: {where}: empty caption for {video_id!r} skipped", PipelineWarning, stacklevel=3)
         return
     captions.setdefault(normal_id(video_id), []).append(caption.strip())
 
@@ -178,7 +178,7 @@ def load_mlds(path: Path, entries: list) -> dict[str, list[str]]:
         for text in texts:
             _add(captions, path, f"entry {i}", str(entry["id"]), text)
         if normal_id(str(entry["id"])) not in captions:
-            warnings.warn(f"{path}: entry {i} ({entry['id']!r}) has no usable caption", stacklevel=2)
+            warnings.warn(f"{path}: entry {i} ({entry['id']!r}) has no usable caption", PipelineWarning, stacklevel=2)
     return captions
 
 

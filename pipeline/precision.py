@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, PipelineWarning
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # what PRECISION may be for extraction
 # Training offers no fp16: float16 gradients underflow without a loss scaler, which the training step does not have.
@@ -74,7 +74,7 @@ def resolve_precision(name: str, device: torch.device, allowed: tuple[str, ...] 
 def warn_if_emulated(precision: str, device: torch.device, why: str = "") -> None:
     """Warn when `precision` is bf16 on a CPU that only emulates it (`why` says how it was chosen)."""
     if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
-        warnings.warn(EMULATED_BF16 + why, stacklevel=3)
+        warnings.warn(EMULATED_BF16 + why, PipelineWarning, stacklevel=3)
 
 
 def runnable(made_with: str, device: torch.device) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .labels import CaptionError, load_captions, read_id_caption_lines
 from .vocab import tokenize
-from .errors import PipelineError
+from .errors import PipelineError, PipelineWarning
 from .metrics import METRIC_KEYS, score_caption_sets, score_captions
 from .ids import normal_id
 from .files import not_a_file
@@ -85,7 +85,7 @@ def warn_empty_captions(captions: dict[str, str], name: str) -> None:
     `make eval` and scoring a captions file say it this way."""
     empty = sorted(vid for vid, caption in captions.items() if not caption)
     if empty:
-        warnings.warn(f"{name}: {len(empty)} empty captions (e.g. {empty[:3]}) score 0", stacklevel=3)
+        warnings.warn(f"{name}: {len(empty)} empty captions (e.g. {empty[:3]}) score 0", PipelineWarning, stacklevel=3)
 
 
 def score_file(predictions_path: str | Path, references_path: str | Path, split: str = "") -> dict:
@@ -124,7 +124,10 @@ def format_scores(scores: dict) -> str:
         lines.append(f"{key:<11}" + "".join(f"{'n/a' if v is None else f'{v:.4f}':>{w}}"
                                            for v, w in zip(cells, (9, 10))))
     baseline_note = f"; baseline caption: \"{baseline['caption']}\"" if baseline else ""
-    lines.append(f"{scores['n_videos']} videos{baseline_note}")
+    left_out = scores.get("videos_left_out", 0)  # test videos without features (make eval)
+    lines.append(f"{scores['n_videos']} videos{baseline_note}" + (
+        f"\n{left_out} of the {scores['n_videos'] + left_out} test videos were left out (no features): these scores "
+        f"are not comparable with a whole test set's" if left_out else ""))
     if scores["meteor"] is None:
         lines.append("METEOR needs Java (not found): reported as unavailable")
     return "\n".join(lines)

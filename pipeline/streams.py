@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, PipelineWarning
 from .store import FeatureStore, StoreError, StoreSettings
 
 ALIGNED = ("source_size", "indices")  # recorded per video: the same in every stream, or the video is left out
@@ -31,10 +31,18 @@ class FeatureStreams:
         paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
         if not paths:
             raise ConfigError("FEATURES names no feature store: give one store, or several of the same clips")
-        twice = sorted({str(p) for p in paths if paths.count(p) > 1})
+        real = [path.resolve() for path in paths]  # the same file by two paths, or through a link, is one store
+        twice = sorted({str(p) for p, r in zip(paths, real) if real.count(r) > 1})
         if twice:
-            raise ConfigError(f"FEATURES names {', '.join(twice)} more than once: name each store once")
+            raise ConfigError(f"FEATURES names one store more than once ({', '.join(twice)}): name each store once")
         self.stores = [FeatureStore(path) for path in paths]
+        alike = [(a, b) for i, a in enumerate(self.stores) for b in self.stores[i + 1:] if a.settings == b.settings]
+        if alike:
+            a, b = alike[0]
+            raise ConfigError(f"{a.path} and {b.path} hold features made alike ({a.settings.backbone}, the same "
+                              f"weights and FRAMES): streams are different networks' features of the same clips, "
+                              f"so the model would read the same features twice. To add clips to a store, extract "
+                              f"them into it (`make features FEATURES={a.path}`)")
         frames = {store.settings.frames for store in self.stores}
         if len(frames) > 1:
             raise StoreError(f"the feature streams sample different numbers of frames ("
@@ -87,8 +95,7 @@ class FeatureStreams:
             if missing:
                 _leave_out(f"{len(missing)} of {len(wanted)} videos in {what} have no features in {store.path} "
                            f"(first: {', '.join(missing[:5])}); they are left out. Put their clips in RAW and run "
-                           f"`make features` (BACKBONE={store.settings.backbone} FEATURES={store.path}) to "
-                           f"include them.")
+                           f"`{extract_command(store)}` to include them.")
         kept = wanted.intersection(*held)
         for other, unaligned in self._unaligned(kept).items():
             _leave_out(f"{len(unaligned)} of the videos of {what} were made from another clip file, or sampled at "
@@ -123,10 +130,21 @@ class FeatureStreams:
         return features
 
 
+def extract_command(store: FeatureStore) -> str:
+    """The `make features` that extends `store` as it was made: its network, frames and weights (its precision
+    it keeps by itself)."""
+    settings = store.settings
+    weights = settings.weights
+    option = "random" if weights.startswith("random") else \
+        f"path/to/{weights.split(':')[1]}" if weights.startswith("file:") else "imagenet"
+    return (f"make features BACKBONE={settings.backbone} FRAMES={settings.frames} WEIGHTS={option} "
+            f"FEATURES={store.path}")
+
+
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     """Whether a video's recorded attribute agrees in two stores (a store written without it agrees with any)."""
     return a is None or b is None or np.array_equal(a, b)
 
 
 def _leave_out(message: str) -> None:
-    warnings.warn(message, stacklevel=3)
+    warnings.warn(message, PipelineWarning, stacklevel=3)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from . import distributed
+from .errors import PipelineWarning
 from .model import masked_loss
 from .precision import autocast
 
@@ -68,7 +69,7 @@ class TrainStep:
                 self.graphs[sampling] = self._capture(tokens, features, sampling)
             except RuntimeError as exc:  # a CUDA stack that cannot capture still trains, eagerly
                 warnings.warn(f"training continues without CUDA graphs: capturing the step failed ({exc})",
-                              stacklevel=2)
+                              PipelineWarning, stacklevel=2)
                 self.use_graphs = False
                 return self._eager(tokens, features, teacher_forcing)
         graph = self.graphs[sampling]

@@ -140,14 +140,16 @@ def test_clip_features_are_openclips_encode_image_of_the_same_frames(name):
 
 def test_missing_clip_weights_name_the_file_to_fetch_and_where_it_goes(monkeypatch):
     def offline(config, *args, **kwargs):
-        raise FileNotFoundError("Failed to download file (open_clip_pytorch_model.bin): no network")
+        raise FileNotFoundError("An error happened while trying to locate the file on the Hub and we cannot find "
+                                "the requested files in the local cache. Please check your connection: no network")
 
     monkeypatch.setattr(open_clip, "download_pretrained", offline)
     with pytest.raises(WeightsError) as info:
         load_backbone("clip_vitb32", "imagenet")
     message = str(info.value)
     assert "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_model.safetensors" \
-        in message and "WEIGHTS=" in message and "no network" in message
+        in message and "WEIGHTS=" in message and "no network" in message, "the cause whole"
+    assert "HF_HUB_OFFLINE=1" in message
 
 
 def test_clip_weights_from_a_safetensors_file_as_the_hub_ships_them(tmp_path):

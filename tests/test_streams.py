@@ -53,7 +53,9 @@ def test_a_video_missing_from_one_stream_is_left_out_with_a_warning_naming_that_
     wide, narrow = _pair(tmp_path, second_ids=IDS[:2])
     streams = FeatureStreams([wide, narrow])
     with pytest.warns(UserWarning, match=r"1 of 3 videos in labels.json have no features in .*narrow.h5 "
-                                         r"\(first: c.avi\); they are left out") as caught:
+                                         r"\(first: c.avi\); they are left out. Put their clips in RAW and run "
+                                         r"`make features BACKBONE=r2plus1d_18 FRAMES=4 WEIGHTS=random FEATURES="
+                                         r".*narrow.h5` to include them") as caught:
         assert usable_ids({vid: ["x"] for vid in IDS}, streams, "labels.json") == IDS[:2]
     assert not any("wide.h5" in str(w.message) for w in caught)
     with pytest.warns(UserWarning, match="in the stores have no features in .*narrow.h5"):
@@ -133,8 +135,18 @@ def test_streams_of_other_frame_counts_or_a_store_named_twice_are_refused(tmp_pa
     with pytest.raises(StoreError, match=r"sample different numbers of frames .*wide.h5: 4, .*longer.h5: 8.*same "
                                          r"FRAMES"):
         FeatureStreams([wide, longer])
-    with pytest.raises(ConfigError, match="names .*wide.h5 more than once"):
+    with pytest.raises(ConfigError, match="names one store more than once"):
         FeatureStreams([wide, str(wide)])
+    (tmp_path / "sub").mkdir()
+    link = tmp_path / "link.h5"
+    link.symlink_to(wide)
+    for same in (tmp_path / "sub" / ".." / "wide.h5", link):  # the same file by another path
+        with pytest.raises(ConfigError, match="names one store more than once"):
+            FeatureStreams([wide, same])
+    copy = shutil.copy2(wide, tmp_path / "copy.h5")
+    with pytest.raises(ConfigError, match=r"wide.h5 and .*copy.h5 hold features made alike \(resnet50, the same "
+                                          r"weights and FRAMES\).*read the same features twice"):
+        FeatureStreams([wide, copy])
     with pytest.raises(ConfigError, match="names no feature store"):
         FeatureStreams([])
 
@@ -170,9 +182,12 @@ def test_a_two_stream_checkpoint_is_refused_for_other_stores_naming_what_differs
     assert feature_problems(checkpoint, FeatureStreams([wide, narrow])) == []
     [fewer] = feature_problems(checkpoint, FeatureStreams(wide))
     assert "trained on resnet50 + r2plus1d_18, FEATURES names resnet50" in fewer and "2 streams, in order" in fewer
-    reordered = feature_problems(checkpoint, FeatureStreams([narrow, wide]))
-    assert reordered[0] == f"stream 1, {narrow}: backbone: 'resnet50' in the run, 'r2plus1d_18' in this store"
-    assert reordered[-1].startswith("FEATURES names the run's stores in another order")
+    assert feature_problems(checkpoint, FeatureStreams([narrow, wide])) == [
+        f"FEATURES names the run's stores in another order: give them as the run was trained (resnet50 + "
+        f"r2plus1d_18), FEATURES=\"{wide} {narrow}\""]
+    other_kind = random_store(tmp_path / "s3d.h5", IDS, dataclasses.replace(NARROW, backbone="s3d"))
+    assert feature_problems(checkpoint, FeatureStreams([wide, other_kind])) == [
+        f"stream 2, {other_kind}: backbone: 'r2plus1d_18' in the run, 's3d' in this store"]
     other = random_store(tmp_path / "other.h5", IDS, dataclasses.replace(NARROW, weights="file:k.pt:sha256=1"))
     [weights] = feature_problems(checkpoint, FeatureStreams([wide, other]))
     assert weights.startswith(f"stream 2, {other}: weights: 'random(seed=0)' in the run, 'file:k.pt")
@@ -271,3 +286,29 @@ def test_caption_py_extracts_every_stream_as_the_stores_hold_it(two_streams):
     from_file = caption_files.clip_features(backbones, trained_streams(checkpoint), SMALL_CLIPS[2])  # (4, 1792)
     stored = FeatureStreams(two_streams["stores"]).read_many([SMALL_CLIPS[2].name])[0]  # (4, 1792)
     np.testing.assert_allclose(from_file, stored, rtol=1e-5, atol=1e-5)
+
+
+def test_a_command_line_prints_our_warnings_as_one_line_and_says_when_test_videos_were_left_out(capsys):
+    from pipeline.errors import PipelineWarning, run_command
+    from pipeline.scoring import format_scores
+
+    def work() -> int:
+        warnings.warn("1 of 4 videos in labels.json have no features in b.h5", PipelineWarning)
+        warnings.warn("a library's own warning", DeprecationWarning)
+        return 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert run_command(work) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 of 4 videos in labels.json have no features in b.h5\n" in err
+    assert "PipelineWarning" not in err and "warning: a library's own" not in err, "another's is shown as Python does"
+    scores = dict.fromkeys(("mlds_bleu1", "bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"), 0.5)
+    summary = format_scores(scores | {"n_videos": 3, "videos_left_out": 1})
+    assert "3 videos\n1 of the 4 test videos were left out (no features): these scores are not comparable" in summary
+    assert "left out" not in format_scores(scores | {"n_videos": 4})
+
+
+def test_make_caption_without_files_says_how_to_name_them():
+    proc = run_make("-n", "caption", "VIDEO=", check=False)
+    assert proc.returncode == 2 and 'make caption needs the files to caption: make caption VIDEO="a.avi b.mp4"' \
+        in proc.stderr

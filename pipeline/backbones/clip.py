@@ -50,17 +50,23 @@ def _pretrained(architecture: str) -> Callable[[], tuple[dict, str]]:
         import open_clip
 
         config = open_clip.get_pretrained_cfg(architecture, TAG)
+        hub_log = logging.getLogger("huggingface_hub")
+        level = hub_log.level
+        hub_log.setLevel(logging.ERROR)  # offline, the hub logs every retry (twice), for about a minute
         try:
             path = open_clip.download_pretrained(config)
         except Exception as exc:  # huggingface_hub and urllib raise many types when offline
             repo = config["hf_hub"].rstrip("/")
             raise WeightsError(
                 f"CLIP weights {architecture} ({TAG}) are not in the Hugging Face cache and could not be "
-                f"downloaded ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}).\n  Either download "
+                f"downloaded ({type(exc).__name__}: {str(exc).strip().splitlines()[0]}).\n  Either download "
                 f"https://huggingface.co/{repo}/resolve/main/open_clip_model.safetensors\n  on a machine with a "
                 f"network and pass WEIGHTS=/path/to/open_clip_model.safetensors, or run once online (the file "
-                f"is kept in the Hugging Face cache, ~/.cache/huggingface/hub)."
+                f"is kept in the Hugging Face cache, ~/.cache/huggingface/hub). Offline, HF_HUB_OFFLINE=1 "
+                f"skips the minute of retries before this message."
             ) from None
+        finally:
+            hub_log.setLevel(level)
         state, _ = file_weights(Path(path))
         return state, f"open_clip:{architecture}:{TAG}"
     return load
