@@ -61,7 +61,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-test: setup ## run the whole test suite (about 7 minutes on 2 cores)
+test: setup ## run the whole test suite (about 8 minutes on 2 cores)
 	$(PY) -m pytest -q
 
 test-fast: setup ## run every module's unit tests, leaving out the slow ones (make targets, torchrun, kills, demo)
