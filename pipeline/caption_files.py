@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbones import Backbone, WeightsError, file_identity, load_backbone
+from .backbones import Backbone, WeightsError, file_identity, load_backbone, weights_option
 from .checkpoint import load_checkpoint, model_from_checkpoint, trained_streams
 from .config import CaptionConfig, DecodeConfig, parse_config
 from .decoding import caption_features
@@ -36,15 +36,13 @@ from .video import VideoError
 def backbone_of(settings: StoreSettings, weights_files: dict[str, str]) -> Backbone:
     """The feature extractor a stream of the run was made with, with the very same weights (a file's found
     among `weights_files`, `{identity: path}`)."""
-    identity = settings.weights
+    identity, weights = settings.weights, weights_option(settings.weights)
     if identity.startswith("file:"):
         if identity not in weights_files:
-            raise WeightsError(f"the run's {settings.backbone} features were made with the weights file "
-                               f"{identity.split(':')[1]} ({identity.split(':')[2]}); pass it with --weights PATH"
+            raise WeightsError(f"the run's {settings.backbone} features were made with the weights file {weights} "
+                               f"({identity.rsplit(':', 1)[1]}); pass it with --weights PATH"
                                + (" (none of the files given is it)" if weights_files else ""))
         weights = weights_files[identity]
-    else:
-        weights = "random" if identity.startswith("random") else "imagenet"
     backbone = load_backbone(settings.backbone, weights)
     problems = [name for name, ours, theirs in (
         ("weights", backbone.weights, settings.weights), ("layer", backbone.spec.layer, settings.layer),

@@ -32,9 +32,9 @@ def frames_per_forward(batch: int, device: torch.device) -> int:
 def read_for(backbone: Backbone, path, frames: int, decoder: str = "auto", device="cpu") -> Clip:
     """`read_clip` of what `backbone` encodes: the `frames` sampled frames, or for a video network the window
     of consecutive frames around each, resized and cropped as they are decoded."""
-    if backbone.spec.window == 1:
-        return read_clip(path, frames, decoder, device)
-    return read_clip(path, frames, decoder, device, backbone.spec.window, backbone.spec.preprocess.frame_geometry)
+    spec = backbone.spec
+    return read_clip(path, frames, decoder, device, spec.window, spec.preprocess.frame_geometry if spec.window > 1
+                     else None)
 
 
 def prepare_clip(clip: Clip, backbone: Backbone) -> tuple[torch.Tensor, np.ndarray]:

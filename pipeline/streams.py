@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbones import weights_option
 from .errors import ConfigError, PipelineWarning
 from .store import FeatureStore, StoreError, StoreSettings
 
@@ -118,9 +119,8 @@ class FeatureStreams:
 
     def read_many(self, video_ids: list[str]) -> np.ndarray:
         """Features of `video_ids` as one `(N, F, D_1 + D_2 + ...)` array, the streams side by side; each
-        store's features are read into their columns (no second copy of the whole set)."""
-        if len(self.stores) == 1:
-            return self.stores[0].read_many(video_ids)
+        store's features are read into their columns (no second copy of the whole set; one store's straight
+        into the array's rows)."""
         dtype = np.result_type(*(s.dtype for s in self.settings))
         features = np.empty((len(video_ids), self.frames, self.feature_dim), dtype)  # (N, F, D_1 + D_2 + ...)
         start = 0
@@ -133,11 +133,9 @@ class FeatureStreams:
 def extract_command(store: FeatureStore) -> str:
     """The `make features` that extends `store` as it was made: its network, frames and weights (its precision
     it keeps by itself)."""
-    settings = store.settings
-    weights = settings.weights
-    option = "random" if weights.startswith("random") else \
-        f"path/to/{weights.split(':')[1]}" if weights.startswith("file:") else "imagenet"
-    return (f"make features BACKBONE={settings.backbone} FRAMES={settings.frames} WEIGHTS={option} "
+    settings, option = store.settings, weights_option(store.settings.weights)
+    weights = f"path/to/{option}" if settings.weights.startswith("file:") else option
+    return (f"make features BACKBONE={settings.backbone} FRAMES={settings.frames} WEIGHTS={weights} "
             f"FEATURES={store.path}")
 
 

@@ -16,10 +16,10 @@ import torch
 from ..errors import ConfigError
 from . import clip, imagenet, kinetics
 from .spec import Backbone, BackboneSpec, Preprocess, WeightsError
-from .weights import file_identity, file_weights, refused_pickle
+from .weights import file_identity, file_weights, refused_pickle, weights_option
 
 __all__ = ["BACKBONES", "Backbone", "BackboneSpec", "Preprocess", "WeightsError", "file_identity", "get_spec",
-           "load_backbone", "refused_pickle"]
+           "load_backbone", "refused_pickle", "weights_option"]
 
 RANDOM_SEED = 0  # random weights are seeded, so a "random" store is reproducible
 BACKBONES: dict[str, BackboneSpec] = {**imagenet.SPECS, **clip.SPECS, **kinetics.SPECS}

@@ -42,6 +42,14 @@ def file_weights(path: Path) -> tuple[dict, str]:
     return state.get("state_dict", state), identity
 
 
+def weights_option(identity: str) -> str:
+    """The WEIGHTS value that loads the weights a store records as `identity`: "random", "imagenet" (a backbone's
+    published weights, whatever their source), or the name of the file they were read from."""
+    if identity.startswith("random"):
+        return "random"
+    return identity.split(":")[1] if identity.startswith("file:") else "imagenet"
+
+
 def file_identity(path: Path) -> str:
     """How a store records weights read from `path`: the file's name and its content's hash."""
     if not path.is_file():
