@@ -61,7 +61,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-test: setup ## run the whole test suite (about 8 minutes on 2 cores)
+test: setup ## run the whole test suite (its time on 2 cores: docs/testing.md)
 	$(PY) -m pytest -q
 
 test-fast: setup ## run every module's unit tests, leaving out the slow ones (make targets, torchrun, kills, demo)
@@ -94,8 +94,8 @@ caption: setup ## caption the video file(s) VIDEO="a.avi b.mp4" with RUN/best.pt
 sample: setup ## generate the embedded sample dataset (synthetic captioned clips) into SAMPLE
 	$(PY) sample.py --sample $(SAMPLE) --clips-per-combination $(DEMO_CLIPS) --seed $(DEMO_SEED)
 
-# fp32 features: the demo's motion stream amplifies feature differences, and bf16's rounding in them cost
-# BLEU-4 0.656 -> 0.544 and attribute accuracy 1.00 -> 0.79 (docs/performance.md, "Why the demo extracts at fp32").
+# fp32 features: the demo's motion stream amplifies feature differences, which bf16's rounding distorts
+# (docs/performance.md, "Why the demo extracts at fp32").
 DEMO_FEATURES = $(SAMPLE)/features/efficientnet_lite0_$(DEMO_FRAMES).h5
 demo: sample ## the whole chain on the sample set: features, train, eval -> DEMO_RUN/report.html
 	$(MAKE) --no-print-directory features RAW=$(SAMPLE)/raw FEATURES=$(DEMO_FEATURES) \
